@@ -1,0 +1,37 @@
+# The two commands a newcomer needs:
+#   make run    set up .venv and run the offline default job (MiniLM teacher -> small student on BBC News)
+#   make test   set up .venv and run the linters and the test suite
+# TORCH_SPEC picks the PyTorch build installed when none is importable (default: the CPU 2.13.0 wheel).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ckadistill-installed
+
+.PHONY: setup run test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/ckadistill quickstart --output_dir outputs/quickstart
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
