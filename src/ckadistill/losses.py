@@ -1,13 +1,21 @@
 """Distillation losses as pure functions on tensors and masks.
 
 No trainer, config or I/O in here: every function takes tensors (and optional masks) and returns a
-0-dim tensor, so each can be tested against an independent reference.
+0-dim tensor, so each can be tested against an independent reference. Every loss upcasts its inputs
+(fp32 by default) before any product, so bf16/fp16 activations under autocast are safe.
+
+Contents, top to bottom: token selection; CKA in its feature-space form (the training loss) and in
+its Gram-matrix form (analysis and cross-checks, with RBF and unbiased variants); the baselines used in
+ablations (DistilBERT cosine, TinyBERT projected MSE, KL on logits).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_TINY = 1e-30  # floor for scale normalisers; far below any real activation RMS
 
 
 def select_tokens(h: Tensor, mask: Tensor | None = None, *, name: str = "h") -> Tensor:
@@ -33,6 +41,29 @@ def select_tokens(h: Tensor, mask: Tensor | None = None, *, name: str = "h") -> 
     return h[mask.reshape(-1).bool()]  # (n, d)
 
 
+def _paired_rows(
+    x: Tensor, y: Tensor, mask: Tensor | None, dtype: torch.dtype, min_rows: int = 2
+) -> tuple[Tensor, Tensor]:
+    """Select the real tokens of both sides, upcast them and check that the rows pair up."""
+    x = select_tokens(x, mask, name="x").to(dtype)  # (n, d_s)
+    y = select_tokens(y, mask, name="y").to(dtype)  # (n, d_t)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same tokens: got {x.shape[0]} and {y.shape[0]} rows")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"CKA needs at least {min_rows} real tokens, got {x.shape[0]}")
+    return x, y
+
+
+def _centre_and_scale(h: Tensor) -> Tensor:
+    """Subtract the column means, then divide by the detached RMS of the result.
+
+    CKA is invariant to isotropic scaling, so the division changes neither the value nor the gradient;
+    it keeps the fourth-power terms of CKA far from fp32 overflow for large activations or many tokens.
+    """
+    h = h - h.mean(dim=0, keepdim=True)  # (n, d)
+    return h / h.detach().pow(2).mean().sqrt().clamp_min(_TINY)
+
+
 def linear_cka(
     x: Tensor,
     y: Tensor,
@@ -55,20 +86,14 @@ def linear_cka(
 
     Returns:
         0-dim tensor in [0, 1]. Costs O(n·(d_s² + d_t² + d_s·d_t)) and never builds an n × n matrix.
+
+    Raises:
+        ValueError: fewer than 2 real tokens, or x and y select different numbers of tokens.
     """
-    x = select_tokens(x, mask, name="x").to(dtype)  # (n, d_s)
-    y = select_tokens(y, mask, name="y").to(dtype)  # (n, d_t)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same tokens: got {x.shape[0]} and {y.shape[0]} rows")
-    if x.shape[0] < 2:
-        raise ValueError(f"CKA needs at least 2 real tokens, got {x.shape[0]}")
-    x = x - x.mean(dim=0, keepdim=True)
-    y = y - y.mean(dim=0, keepdim=True)
-    # CKA is scale invariant, so dividing by a detached RMS changes neither value nor gradient; it keeps
-    # the fourth-power terms below far from fp32 overflow for large activations or many tokens.
-    x = x / x.detach().pow(2).mean().sqrt().clamp_min(1e-30)
-    y = y / y.detach().pow(2).mean().sqrt().clamp_min(1e-30)
-    cross = torch.linalg.matrix_norm(y.T @ x) ** 2  # ||Yᵀ X||_F², (d_t, d_s) product
+    x, y = _paired_rows(x, y, mask, dtype)
+    x = _centre_and_scale(x)  # (n, d_s)
+    y = _centre_and_scale(y)  # (n, d_t)
+    cross = (y.T @ x).pow(2).sum()  # ||Yᵀ X||_F², from a (d_t, d_s) product
     self_x = torch.linalg.matrix_norm(x.T @ x)  # (d_s, d_s) product
     self_y = torch.linalg.matrix_norm(y.T @ y)  # (d_t, d_t) product
     return (cross / (self_x * self_y).clamp_min(eps)).clamp(0.0, 1.0)
@@ -85,3 +110,255 @@ def cka_loss(x: Tensor, y: Tensor, mask: Tensor | None = None, *, sqrt: bool = F
     if sqrt:
         return 1.0 - cka.clamp_min(1e-12).sqrt()
     return 1.0 - cka
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gram-matrix form: n × n kernels, for analysis and cross-checks (O(n²) memory; not a training loss).
+# ---------------------------------------------------------------------------------------------------
+
+GRAM_KERNELS = ("linear", "rbf")
+
+
+def _rbf_gram(h: Tensor, sigma: float) -> Tensor:
+    """RBF Gram matrix `exp(-||h_i - h_j||² / (2 σ²))` with `σ = sigma · median_{i≠j} ||h_i - h_j||`."""
+    n = h.shape[0]
+    sq_norms = h.pow(2).sum(dim=1)  # (n,)
+    sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (h @ h.T)).clamp_min(0.0)  # (n, n)
+    eye = torch.eye(n, dtype=torch.bool, device=h.device)
+    sq_dist = sq_dist.masked_fill(eye, 0.0)  # exact zeros on the diagonal, whatever the rounding
+    # Median over the off-diagonal entries (each pair counted twice, which leaves the median unchanged):
+    # push the n diagonal entries below every distance, then average the two middle order statistics.
+    flat = sq_dist.detach().masked_fill(eye, -1.0).reshape(-1)  # (n²,)
+    n_pairs = n * (n - 1)  # always even
+    lo = torch.kthvalue(flat, n + n_pairs // 2).indices
+    hi = torch.kthvalue(flat, n + n_pairs // 2 + 1).indices
+    picked = sq_dist.reshape(-1)[torch.stack([lo, hi])].clamp_min(_TINY)  # (2,), keeps the gradient
+    bandwidth = sigma * picked.sqrt().mean()
+    return torch.exp(-sq_dist / (2.0 * bandwidth.pow(2)))  # (n, n)
+
+
+def _double_centre(k: Tensor) -> Tensor:
+    """`H K H` with `H = I - 11ᵀ/n`, written with row, column and grand means."""
+    return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+
+def _u_centre(k: Tensor) -> Tensor:
+    """U-centring (Székely & Rizzo, 2014): zero diagonal, then row/column sums over n-2, total over (n-1)(n-2).
+
+    For U-centred `K_u`, `L_u`: `<K_u, L_u>_F = n (n - 3) · HSIC_u(K, L)`, the unbiased HSIC estimator of
+    Song et al. (2012); the norms `||K_u||_F` are therefore real and the ratio is a correlation.
+    """
+    n = k.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=k.device)
+    k = k.masked_fill(eye, 0.0)  # (n, n)
+    rows = k.sum(dim=1, keepdim=True) / (n - 2)  # (n, 1)
+    cols = k.sum(dim=0, keepdim=True) / (n - 2)  # (1, n)
+    total = k.sum() / ((n - 1) * (n - 2))
+    return (k - rows - cols + total).masked_fill(eye, 0.0)
+
+
+def gram_cka(
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor | None = None,
+    *,
+    kernel: str = "linear",
+    sigma: float | None = None,
+    unbiased: bool = False,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """CKA in its Gram-matrix form: `<K_c, L_c>_F / (||K_c||_F ||L_c||_F)` (Kornblith et al., 2019).
+
+    `K` and `L` are `n × n` kernels over the real tokens of `x` and `y`, double-centred (`H K H`). With
+    `kernel="linear"` (`K = X Xᵀ`) and `unbiased=False` this equals `linear_cka`; it costs O(n²·d) time
+    and several n × n matrices of memory, so it is for analysis and cross-checks, not a training loss.
+
+    Args:
+        x: student states, `(n, d_s)` or `(B, T, d_s)`.
+        y: teacher states, `(n, d_t)` or `(B, T, d_t)`.
+        mask: `(B, T)` (or `(n,)`), nonzero = real token.
+        kernel: `"linear"` or `"rbf"`. The RBF kernel is `exp(-||h_i - h_j||² / (2 σ²))` with
+            bandwidth `σ = sigma × (median distance between distinct tokens)`, computed per side.
+        sigma: RBF only: the multiplier of the median distance (Kornblith et al.'s `threshold`);
+            None means 1.0. Their reference code takes the median over all n² entries, zero diagonal
+            included, which gives a slightly smaller bandwidth for small n; here the diagonal is left out.
+        unbiased: use the unbiased HSIC estimator (Song et al., 2012) through U-centring instead of
+            double centring; needs at least 4 tokens, and the value may fall slightly below 0.
+        dtype: computation dtype; fp64 by default (the inputs are upcast), fp32 for speed.
+
+    Returns:
+        0-dim tensor: in [0, 1] for the biased estimator, in [-1, 1] for the unbiased one.
+
+    Raises:
+        ValueError: unknown kernel, a sigma that is not positive or is given with the linear kernel,
+            too few tokens, or x and y select different numbers of tokens.
+    """
+    if kernel not in GRAM_KERNELS:
+        raise ValueError(f"kernel must be one of {GRAM_KERNELS}, got {kernel!r}")
+    if sigma is not None and kernel != "rbf":
+        raise ValueError(f"sigma only applies to kernel='rbf', got sigma={sigma} with kernel={kernel!r}")
+    if sigma is not None and not sigma > 0:
+        raise ValueError(f"sigma must be > 0 (a multiplier of the median distance), got {sigma}")
+    x, y = _paired_rows(x, y, mask, dtype, min_rows=4 if unbiased else 2)
+    # A scalar rescale leaves both kernels' CKA unchanged (the RBF bandwidth follows the median distance).
+    x = _centre_and_scale(x)  # (n, d_s)
+    y = _centre_and_scale(y)  # (n, d_t)
+    if kernel == "linear":
+        gram_x, gram_y = x @ x.T, y @ y.T  # (n, n) each
+    else:
+        gram_x, gram_y = _rbf_gram(x, sigma or 1.0), _rbf_gram(y, sigma or 1.0)  # (n, n) each
+    centre = _u_centre if unbiased else _double_centre
+    k_c = centre(gram_x)  # (n, n)
+    del gram_x  # free each raw kernel as soon as it is centred
+    l_c = centre(gram_y)  # (n, n)
+    del gram_y
+    inner = torch.dot(k_c.reshape(-1), l_c.reshape(-1))  # <K_c, L_c>_F without an n² temporary
+    norms = torch.linalg.matrix_norm(k_c) * torch.linalg.matrix_norm(l_c)
+    return inner / norms.clamp_min(1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Baselines for ablations.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _masked_mean(values: Tensor) -> Tensor:
+    """Mean of a 1-D tensor that is exactly 0 (with a zero gradient) when the tensor is empty."""
+    return values.sum() / max(values.numel(), 1)
+
+
+def cosine_hidden_loss(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """DistilBERT's hidden-state loss (Sanh et al., 2019): mean over real tokens of `1 - cos(x_i, y_i)`.
+
+    Args:
+        x: student states, `(n, d)` or `(B, T, d)`.
+        y: teacher states of the same width `d`.
+        mask: `(B, T)` (or `(n,)`), nonzero = real token.
+
+    Returns:
+        0-dim fp32 tensor in [0, 2] (inputs are upcast to fp32); 0 when no token is real.
+
+    Raises:
+        ValueError: the widths differ; cosine needs equal widths (use hidden loss `cka`, or `mse_proj`
+            with a learned projection, for a narrower student).
+    """
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"cosine hidden loss needs equal widths, got student {x.shape[-1]} and teacher {y.shape[-1]}; "
+            "use hidden loss 'cka' (any widths) or 'mse_proj' (learned projection) instead"
+        )
+    xs = select_tokens(x, mask, name="x").float()  # (n, d)
+    ys = select_tokens(y, mask, name="y").float()  # (n, d)
+    return _masked_mean(1.0 - F.cosine_similarity(xs, ys, dim=-1, eps=1e-8))
+
+
+class HiddenProjection(nn.Module):
+    """TinyBERT's learned map from student to teacher width: a `Linear(d_student, d_teacher)`.
+
+    It belongs to the training code (optimised alongside the student, discarded afterwards) and is never
+    a submodule of the student, so saved students carry no extra weights.
+    """
+
+    def __init__(self, d_student: int, d_teacher: int, *, bias: bool = True):
+        super().__init__()
+        if d_student < 1 or d_teacher < 1:
+            raise ValueError(f"widths must be >= 1, got d_student={d_student}, d_teacher={d_teacher}")
+        self.linear = nn.Linear(d_student, d_teacher, bias=bias)
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, h: Tensor) -> Tensor:
+        """`(..., d_student)` -> `(..., d_teacher)`, computed in the projection's parameter dtype."""
+        if h.shape[-1] != self.in_features:
+            raise ValueError(
+                f"HiddenProjection expects width {self.in_features}, got {h.shape[-1]}; build it with "
+                "d_student equal to the student's hidden size"
+            )
+        return self.linear(h.to(self.linear.weight.dtype))
+
+
+def projected_mse_loss(x: Tensor, y: Tensor, projection: nn.Module, mask: Tensor | None = None) -> Tensor:
+    """TinyBERT's hidden-state loss (Jiao et al., 2020): `mean((x W + b - y)²)` over real tokens and features.
+
+    Args:
+        x: student states, `(n, d_s)` or `(B, T, d_s)`.
+        y: teacher states, `(n, d_t)` or `(B, T, d_t)`.
+        projection: maps `(n, d_s)` to `(n, d_t)`, usually a `HiddenProjection` kept in fp32.
+        mask: `(B, T)` (or `(n,)`), nonzero = real token.
+
+    Returns:
+        0-dim fp32 tensor (projected states and targets are upcast to fp32); 0 when no token is real.
+    """
+    xs = select_tokens(x, mask, name="x")  # (n, d_s)
+    ys = select_tokens(y, mask, name="y").float()  # (n, d_t)
+    pred = projection(xs).float()  # (n, d_t)
+    if pred.shape != ys.shape:
+        raise ValueError(
+            f"projection output {tuple(pred.shape)} does not match the teacher rows {tuple(ys.shape)}; "
+            "build the projection with d_teacher equal to the teacher's hidden size"
+        )
+    return _masked_mean((pred - ys).pow(2).reshape(-1))
+
+
+def kl_logits_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    reverse: bool = False,
+) -> Tensor:
+    """KL divergence between softened teacher and student distributions (Hinton et al., 2015), times T².
+
+    Forward (default): `KL(p_t || p_s) = Σ_v p_t (log p_t - log p_s)`, the usual distillation term;
+    reverse (`reverse=True`): `KL(p_s || p_t)`, mode-seeking (as in MiniLLM / GKD). `p = softmax(z / T)`.
+
+    Args:
+        student_logits: `(B, C)` class logits or `(B, T, V)` token logits.
+        teacher_logits: same shape; the caller computes them under `no_grad`.
+        mask: `(B,)` or `(B, T)`, nonzero = position to keep (e.g. `labels != -100`). Masked positions
+            never enter the computation, so even non-finite logits there are harmless.
+        temperature: softening temperature `T > 0`; the result is multiplied by `T²` so gradient scales
+            stay comparable across temperatures.
+        reverse: use `KL(p_s || p_t)` instead of `KL(p_t || p_s)`.
+
+    Returns:
+        0-dim fp32 tensor (logits are upcast to fp32): the mean over kept positions; exactly 0, with a
+        zero gradient, when every position is masked.
+
+    Raises:
+        ValueError: shapes differ (teacher and student must share the label set / vocabulary), wrong
+            rank, mask shape mismatch, or temperature <= 0.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "differ; teacher and student need the same label set or vocabulary (same tokenizer)"
+        )
+    if student_logits.dim() not in (2, 3):
+        raise ValueError(f"logits must be (B, C) or (B, T, V), got shape {tuple(student_logits.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if mask is not None and tuple(mask.shape) != tuple(student_logits.shape[:-1]):
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the logits' positions {tuple(student_logits.shape[:-1])}"
+        )
+    vocab = student_logits.shape[-1]
+    s = student_logits.reshape(-1, vocab)  # (P, V), P = positions
+    t = teacher_logits.reshape(-1, vocab)  # (P, V)
+    if mask is not None:
+        keep = mask.reshape(-1).bool()
+        s, t = s[keep], t[keep]  # (n, V)
+    log_ps = F.log_softmax(s.float() / temperature, dim=-1)  # (n, V)
+    log_pt = F.log_softmax(t.float() / temperature, dim=-1)  # (n, V)
+    if reverse:
+        per_position = (log_ps.exp() * (log_ps - log_pt)).sum(dim=-1)  # (n,)
+    else:
+        per_position = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)  # (n,)
+    return _masked_mean(per_position) * temperature**2
