@@ -234,3 +234,10 @@ def test_cli_reports_bad_map(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "student index 3 is out of range; valid student indices are 0..2" in err
+
+
+def test_layer_map_for_unsupported_family():
+    from transformers import GPT2Config
+
+    with pytest.raises(ValueError, match=r"'gpt2' is not supported.*supported: .*bert"):
+        layer_map_for(GPT2Config(n_layer=2), GPT2Config(n_layer=1))

@@ -1,0 +1,226 @@
+"""`ckadistill cka-map`: linear CKA between every teacher and every student layer on sample text.
+
+    ckadistill cka-map --teacher T --student S --data texts.txt --output out/cka
+
+writes `encoder.png` / `encoder.csv` (and `decoder.png` / `decoder.csv` for encoder-decoders) to the
+output folder: rows are teacher hidden states, columns student hidden states, 0 = embeddings, and the
+pairs of the chosen layer maps are boxed on the heatmaps.
+
+Data: `.txt` (one text per line), `.csv` or `.jsonl` (the `--text-column` field). Encoder-decoders feed
+the encoder the text and the decoder the `--target-column` field when given, else the text itself.
+The decoder reads the tokenised target as it is (not shifted right): the comparison only needs both
+models to read the same tokens, and the start-token convention differs from family to family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ckadistill.commands.layer_map import MAP_HELP
+
+logger = logging.getLogger(__name__)
+
+SUFFIXES = (".txt", ".csv", ".jsonl")
+
+
+def build_parser(prog: str = "ckadistill cka-map") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Teacher x student layer CKA heatmaps and CSVs.")
+    parser.add_argument("--teacher", required=True, help="Teacher model directory or hub name.")
+    parser.add_argument("--student", required=True, help="Student model directory or hub name.")
+    parser.add_argument("--data", required=True, help=f"Sample text file: {', '.join(SUFFIXES)}.")
+    parser.add_argument("--output", required=True, help="Folder for encoder/decoder .png and .csv files.")
+    parser.add_argument("--max-samples", "--max_samples", dest="max_samples", type=int, default=256)
+    parser.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=128)
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
+    parser.add_argument(
+        "--text-column",
+        "--text_column",
+        dest="text_column",
+        default="text",
+        help="Text field of .csv/.jsonl.",
+    )
+    parser.add_argument(
+        "--target-column",
+        "--target_column",
+        dest="target_column",
+        default=None,
+        help="Decoder-side text field of .csv/.jsonl for encoder-decoders (default: the text itself).",
+    )
+    parser.add_argument("--tokenizer", default=None, help="Tokenizer directory (default: the teacher's).")
+    parser.add_argument(
+        "--encoder-map", "--encoder_map", dest="encoder_map", default="uniform", help=MAP_HELP
+    )
+    parser.add_argument(
+        "--decoder-map", "--decoder_map", dest="decoder_map", default="uniform", help=MAP_HELP
+    )
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    return parser
+
+
+def read_texts(
+    path: str | Path,
+    text_column: str = "text",
+    target_column: str | None = None,
+    max_samples: int | None = None,
+) -> tuple[list[str], list[str] | None]:
+    """Texts (and targets when `target_column` is given) from a .txt, .csv or .jsonl file, blanks skipped."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ValueError(f"--data must end in one of {', '.join(SUFFIXES)}, got {path.name!r}")
+    if not path.is_file():
+        raise ValueError(f"--data file not found: {path}")
+    if path.suffix == ".txt":
+        if target_column is not None:
+            raise ValueError(
+                "--target-column needs a .csv or .jsonl file; a .txt file holds one text per line"
+            )
+        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8").splitlines()]
+        text_column = "text"
+    elif path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for column, flag in ((text_column, "--text-column"), (target_column, "--target-column")):
+        if column is not None and rows and column not in rows[0]:
+            raise ValueError(f"{flag} {column!r} is not in {path.name}; its fields are {sorted(rows[0])}")
+    rows = [r for r in rows if str(r[text_column]).strip()]
+    if max_samples is not None:
+        rows = rows[:max_samples]
+    if not rows:
+        raise ValueError(f"--data {path} holds no non-empty texts")
+    texts = [str(r[text_column]) for r in rows]
+    targets = [str(r[target_column]) for r in rows] if target_column is not None else None
+    return texts, targets
+
+
+def make_batches(
+    tokenizer,
+    texts: list[str],
+    targets: list[str] | None,
+    *,
+    encoder_decoder: bool,
+    batch_size: int,
+    max_length: int,
+) -> list[dict]:
+    """Tokenised batches: `input_ids`/`attention_mask` `(B, T)`, plus `decoder_input_ids` and
+    `decoder_attention_mask` `(B, T')` from the targets (or the texts) for encoder-decoders."""
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        enc = tokenizer(
+            chunk,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if encoder_decoder:
+            chunk_targets = targets[start : start + batch_size] if targets is not None else chunk
+            dec = tokenizer(
+                text_target=chunk_targets,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_token_type_ids=False,
+                return_tensors="pt",
+            )
+            batch["decoder_input_ids"] = dec["input_ids"]
+            batch["decoder_attention_mask"] = dec["attention_mask"]
+        batches.append(batch)
+    return batches
+
+
+def summarise(part: str, matrix, pairs: tuple[tuple[int, int], ...]) -> str:
+    """Mapped-pair CKAs and, per student hidden state, the most similar teacher hidden state."""
+    lines = [f"{part}: {matrix.shape[0]} teacher x {matrix.shape[1]} student hidden states"]
+    if pairs:
+        cells = ", ".join(f"{s}:{t}={matrix[t, s]:.3f}" for s, t in pairs)
+        mean = sum(matrix[t, s] for s, t in pairs) / len(pairs)
+        lines.append(f"  mapped pairs (student:teacher=CKA): {cells}; mean {mean:.3f}")
+    best = ", ".join(f"{s}:{int(matrix[:, s].argmax())}" for s in range(matrix.shape[1]))
+    lines.append(f"  most similar teacher state per student state: {best}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for flag, value in (
+        ("--max-samples", args.max_samples),
+        ("--max-length", args.max_length),
+        ("--batch-size", args.batch_size),
+    ):
+        if value < 1:
+            print(f"ckadistill cka-map: error: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
+    from ckadistill.layer_maps import layer_map_for
+
+    # Phase 1: layer maps and data, checked before any weights load.
+    try:
+        layer_map = layer_map_for(
+            AutoConfig.from_pretrained(args.teacher),
+            AutoConfig.from_pretrained(args.student),
+            args.encoder_map,
+            args.decoder_map,
+        )
+        texts, targets = read_texts(args.data, args.text_column, args.target_column, args.max_samples)
+    except ValueError as err:
+        print(f"ckadistill cka-map: error: {err}", file=sys.stderr)
+        return 2
+    logger.info("Read %d texts from %s", len(texts), args.data)
+
+    # Phase 2: models and tokenizer.
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher)
+    teacher = AutoModel.from_pretrained(args.teacher).to(device)
+    student = AutoModel.from_pretrained(args.student).to(device)
+    if teacher.config.vocab_size != student.config.vocab_size:
+        print(
+            f"ckadistill cka-map: error: teacher and student vocabularies differ ({teacher.config.vocab_size} vs "
+            f"{student.config.vocab_size}); both must read the same tokens",
+            file=sys.stderr,
+        )
+        return 2
+    encoder_decoder = bool(teacher.config.is_encoder_decoder)
+    batches = make_batches(
+        tokenizer,
+        texts,
+        targets,
+        encoder_decoder=encoder_decoder,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+
+    # Phase 3: one matrix per stack, written as PNG + CSV.
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    parts = (
+        {"encoder": layer_map.encoder, "decoder": layer_map.decoder}
+        if encoder_decoder
+        else {"encoder": layer_map.encoder}
+    )
+    for part, pairs in parts.items():
+        logger.info("Computing the %s CKA map", part)
+        matrix = layer_cka_matrix(teacher, student, batches, part=part)
+        title = f"{part} linear CKA: teacher {Path(args.teacher).name} (rows) vs student {Path(args.student).name} (columns)"
+        save_cka_heatmap(matrix, output / f"{part}.png", title=title, pairs=list(pairs))
+        save_cka_csv(matrix, output / f"{part}.csv")
+        print(summarise(part, matrix, pairs))
+        print(f"  wrote {output / f'{part}.png'} and {output / f'{part}.csv'}")
+    return 0
