@@ -1,0 +1,418 @@
+"""Typed entry points for sequence classification: fine-tune a teacher, distil a student, evaluate models.
+
+Each reads top to bottom in phases (data -> models -> trainer -> train -> evaluate -> save) and takes
+the config dataclasses of `ckadistill.config`, so scripts and benchmarks call them directly:
+
+    metrics = run_distill(DistillModelArguments(teacher="t", student_layers=2), DataArguments(train_file=...),
+                          DistillArguments(), ClassificationTrainingArguments(output_dir="out"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import SchedulerType
+
+from ckadistill.config import (
+    ClassificationTrainingArguments,
+    DataArguments,
+    DistillArguments,
+    DistillModelArguments,
+    FinetuneModelArguments,
+    save_config,
+)
+from ckadistill.data import (
+    LabelSpace,
+    check_vocab_compatible,
+    encode_splits,
+    load_raw_splits,
+    resolve_label_space,
+    sample_texts,
+)
+from ckadistill.metrics import build_compute_metrics, count_parameters, measure_throughput, task_metrics
+from ckadistill.model_card import write_model_card
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "ckadistill_config.yaml"  # the resolved configuration, beside every saved model
+LAYER_MAP_FILE = "layer_map.json"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared steps.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_eval_setup(encoded, training_args: ClassificationTrainingArguments) -> None:
+    if "validation" not in encoded and training_args.eval_strategy != "no":
+        raise ValueError(
+            f"--eval_strategy {training_args.eval_strategy} needs a validation split: pass --validation_file, "
+            "keep --validation_split_fraction above 0, or set --eval_strategy no"
+        )
+
+
+def _resume_target(value: str | None) -> str | bool | None:
+    """`--resume_from_checkpoint true` (or `last`) means the latest checkpoint in --output_dir."""
+    if value is not None and str(value).lower() in ("true", "last"):
+        return True
+    return value
+
+
+def _evaluate_splits(trainer, encoded) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        if split in encoded:
+            metrics.update(trainer.evaluate(encoded[split], metric_key_prefix=prefix))
+    return metrics
+
+
+def _data_summary(data_args: DataArguments, encoded) -> dict[str, Any]:
+    return {
+        "dataset": data_args.dataset_name,
+        "train file": data_args.train_file,
+        "validation file": data_args.validation_file,
+        "test file": data_args.test_file,
+        "text column": data_args.text_column,
+        "text pair column": data_args.text_pair_column,
+        "label column": data_args.label_column,
+        "rows": ", ".join(f"{split} {len(ds):,}" for split, ds in encoded.items()),
+        "labelled fraction of train": data_args.labelled_fraction,
+        "max length": data_args.max_length,
+    }
+
+
+def _training_summary(training_args: ClassificationTrainingArguments, trainer) -> dict[str, Any]:
+    return {
+        "optimiser steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "learning rate": training_args.learning_rate,
+        "schedule": SchedulerType(training_args.lr_scheduler_type).value,
+        "batch size per device": training_args.per_device_train_batch_size,
+        "gradient accumulation": training_args.gradient_accumulation_steps,
+        "seed": training_args.seed,
+    }
+
+
+@torch.no_grad()
+def predict(model, dataset, collator, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Logits `(N, C)` and labels `(N,)` of a tokenised dataset, in order, on the model's device."""
+    device = next(model.parameters()).device
+    model.eval()
+    logits, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collator(dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list())
+        labels.append(batch.pop("labels").numpy())
+        logits.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fine-tuning a teacher.
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_finetune(
+    model_args: FinetuneModelArguments,
+    data_args: DataArguments,
+    training_args: ClassificationTrainingArguments,
+) -> dict[str, float]:
+    """Fine-tune a base model or checkpoint into a classification (or regression) teacher.
+
+    Saves model, tokenizer, resolved config and model card in `--output_dir`; returns the Trainer's
+    train / eval / test metrics. Training rows outside `--labelled_fraction` are dropped.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+    )
+
+    # Data and labels (from the data: the model's head is new).
+    name = model_args.model_name_or_path
+    tokenizer_name = model_args.tokenizer_name or name
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    raw = load_raw_splits(data_args)
+    labels = resolve_label_space(raw, data_args)
+
+    # Model with a head sized for these labels.
+    config = AutoConfig.from_pretrained(name, **labels.model_config_kwargs())
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name, config=config, ignore_mismatched_sizes=True
+    )
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_name} has {len(tokenizer)} tokens but {name} has vocab_size {config.vocab_size}; "
+            "pass the model's own tokenizer (--tokenizer_name)"
+        )
+    encoded = encode_splits(raw, data_args, tokenizer, labels, unlabelled="drop")
+    _check_eval_setup(encoded, training_args)
+
+    # Train, evaluate, save.
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded.get("validation"),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=build_compute_metrics(labels.task),
+    )
+    result = trainer.train(resume_from_checkpoint=_resume_target(training_args.resume_from_checkpoint))
+    metrics = {**result.metrics, **_evaluate_splits(trainer, encoded)}
+    output_dir = Path(training_args.output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("all", metrics)
+        trainer.save_state()  # trainer_state.json: the full log history, loss components included
+        save_config(
+            output_dir / CONFIG_FILE, model_args, data_args, training_args, header="ckadistill finetune"
+        )
+        write_model_card(
+            output_dir,
+            model=model,
+            title=f"{Path(name).name} fine-tuned for classification",
+            summary=f"`{name}` fine-tuned with ckadistill on {data_args.train_file or data_args.dataset_name}.",
+            metrics=metrics,
+            labels=labels.names,
+            data=_data_summary(data_args, encoded),
+            training=_training_summary(training_args, trainer),
+        )
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Distilling a student.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _load_student(model_args: DistillModelArguments, teacher, tokenizer, raw, data_args, seed: int):
+    """An existing student directory, or a student built from the teacher (`make_student`)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if model_args.student is not None:
+        student = AutoModelForSequenceClassification.from_pretrained(model_args.student)
+        student_dir = Path(model_args.student)
+        has_tokenizer = (student_dir / "tokenizer.json").is_file() or (
+            student_dir / "tokenizer_config.json"
+        ).is_file()
+        student_tokenizer = AutoTokenizer.from_pretrained(model_args.student) if has_tokenizer else None
+        if student.config.id2label != teacher.config.id2label:
+            raise ValueError(
+                f"--student {model_args.student} has labels {student.config.id2label} but the teacher has "
+                f"{teacher.config.id2label}: a student needs the teacher's label set"
+            )
+        return student, student_tokenizer
+    from ckadistill.students import make_student
+
+    student = make_student(
+        teacher,
+        hidden_size=model_args.student_hidden_size,
+        num_layers=model_args.student_layers,
+        ffn_size=model_args.student_ffn_size,
+        num_heads=model_args.student_heads,
+        init=model_args.student_init,
+        init_texts=sample_texts(raw, data_args),
+        tokenizer=tokenizer,
+        seed=seed,
+    )
+    return student, None
+
+
+def _distillation_summary(distill_args: DistillArguments, pairs: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    from ckadistill.layer_maps import format_layer_map
+
+    terms = [f"{distill_args.alpha_task}·task", f"{distill_args.alpha_kd}·KD(T={distill_args.temperature})"]
+    if distill_args.uses_hidden:
+        terms.append(
+            f"{distill_args.alpha_hidden}·{distill_args.hidden_reduction}_pairs {distill_args.hidden_loss}"
+        )
+    return {
+        "loss": " + ".join(terms),
+        "hidden loss": distill_args.hidden_loss + (" (1 - sqrt(CKA))" if distill_args.cka_sqrt else ""),
+        "layer map (student:teacher)": f"{distill_args.layer_map} -> {format_layer_map(list(pairs))}",
+        "pair reduction": distill_args.hidden_reduction,
+        "reverse KL": distill_args.kd_reverse,
+    }
+
+
+def run_distill(
+    model_args: DistillModelArguments,
+    data_args: DataArguments,
+    distill_args: DistillArguments,
+    training_args: ClassificationTrainingArguments,
+) -> dict[str, float]:
+    """Distil a classification teacher into a smaller student of the same family.
+
+    Writes to `--output_dir`: the student (`save_pretrained`) and tokenizer, `ckadistill_config.yaml`,
+    `layer_map.json`, `all_results.json`, the model card `README.md`, and the Trainer's checkpoints.
+
+    Returns:
+        Flat metrics: `train_*`, `eval_*` (validation), `test_*`, and the teacher's scores on the same
+        splits as `teacher_eval_*` / `teacher_test_*`.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from ckadistill.layer_maps import format_layer_map, layer_map_for
+    from ckadistill.trainer import DistillationTrainer
+
+    # Teacher, tokenizer, data: the teacher's labels define the task.
+    tokenizer_name = model_args.tokenizer_name or model_args.teacher
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher)
+    raw = load_raw_splits(data_args)
+    labels: LabelSpace = resolve_label_space(raw, data_args, teacher.config)
+
+    # Student, checked against the teacher before any training.
+    student, student_tokenizer = _load_student(
+        model_args, teacher, tokenizer, raw, data_args, training_args.seed
+    )
+    check_vocab_compatible(
+        teacher.config,
+        student.config,
+        tokenizer,
+        tokenizer_name=tokenizer_name,
+        student_tokenizer=student_tokenizer,
+    )
+    pairs = list(layer_map_for(teacher.config, student.config, encoder=distill_args.layer_map).encoder)
+    logger.info("Layer map (student:teacher): %s", format_layer_map(pairs))
+
+    encoded = encode_splits(raw, data_args, tokenizer, labels, unlabelled="keep")
+    _check_eval_setup(encoded, training_args)
+    collator = DataCollatorWithPadding(tokenizer)
+
+    # Train.
+    trainer = DistillationTrainer(
+        model=student,
+        args=training_args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded.get("validation"),
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=build_compute_metrics(labels.task),
+        teacher=teacher,
+        distill_args=distill_args,
+        layer_pairs=pairs,
+    )
+    result = trainer.train(resume_from_checkpoint=_resume_target(training_args.resume_from_checkpoint))
+
+    # Evaluate student and teacher on the same splits.
+    metrics = {**result.metrics, **_evaluate_splits(trainer, encoded)}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        if split in encoded:
+            logits, gold = predict(
+                teacher, encoded[split], collator, batch_size=training_args.per_device_eval_batch_size
+            )
+            metrics.update(
+                {f"teacher_{prefix}_{k}": v for k, v in task_metrics(labels.task, logits, gold).items()}
+            )
+
+    # Save the student, its tokenizer, the resolved config, the layer map and the model card.
+    output_dir = Path(training_args.output_dir)
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("all", metrics)
+        trainer.save_state()  # trainer_state.json: the full log history, loss components included
+        save_config(
+            output_dir / CONFIG_FILE,
+            model_args,
+            data_args,
+            distill_args,
+            training_args,
+            header="ckadistill distill",
+        )
+        layer_map = {"spec": distill_args.layer_map, "encoder": format_layer_map(pairs), "pairs": pairs}
+        (output_dir / LAYER_MAP_FILE).write_text(json.dumps(layer_map, indent=2) + "\n", encoding="utf-8")
+        compression = count_parameters(teacher) / count_parameters(student)
+        write_model_card(
+            output_dir,
+            model=trainer.model,
+            title=f"Student distilled from {Path(model_args.teacher).name}",
+            summary=(
+                f"A {compression:.1f}× smaller student of `{model_args.teacher}`, distilled with ckadistill "
+                f"({distill_args.hidden_loss} hidden-state matching) on "
+                f"{data_args.train_file or data_args.dataset_name}."
+            ),
+            metrics=metrics,
+            labels=labels.names,
+            data=_data_summary(data_args, encoded),
+            training=_training_summary(training_args, trainer),
+            teacher=teacher,
+            teacher_name=model_args.teacher,
+            distillation=_distillation_summary(distill_args, pairs),
+        )
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluating saved models side by side.
+# ---------------------------------------------------------------------------------------------------
+
+
+def evaluate_models(
+    model_dirs: Sequence[str],
+    data_args: DataArguments,
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    speed_examples: int = 64,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Metrics, size and speed of saved classifiers on one data split, one row per model.
+
+    Speed is examples per second at batch 1 and at batch 32 over the same first `speed_examples`
+    examples, after untimed warm-up batches; `torch_threads` records the CPU threads used.
+
+    Returns:
+        Rows with `name`, `path`, `parameters`, the task metrics (`accuracy`, `macro_f1`, `matthews`
+        or `pearson`, `spearman`, `mse`), `examples_per_second_bs1`, `examples_per_second_bs32`,
+        `examples`, `speed_examples`, `torch_threads`, `device`.
+    """
+    from datasets import DatasetDict
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    if not model_dirs:
+        raise ValueError("give at least one model directory to evaluate")
+    raw = load_raw_splits(data_args, require_train=False)
+    if split not in raw:
+        raise ValueError(f"--split {split} is not in the data; available splits: {', '.join(raw)}")
+    raw = DatasetDict({split: raw[split]})
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for model_dir in model_dirs:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+        labels = resolve_label_space(raw, data_args, model.config)
+        dataset = encode_splits(raw, data_args, tokenizer, labels)[split]
+        collator = DataCollatorWithPadding(tokenizer)
+        logits, gold = predict(model, dataset, collator, batch_size=batch_size)
+
+        sample = dataset.select(range(min(speed_examples, len(dataset)))).remove_columns("labels").to_list()
+        speed = {}
+        for bs in (1, 32):
+            batches = [collator(sample[i : i + bs]) for i in range(0, len(sample), bs)]
+            speed[f"examples_per_second_bs{bs}"] = measure_throughput(
+                model, batches, warmup=min(2, len(batches))
+            )
+        rows.append(
+            {
+                "name": Path(model_dir).name,
+                "path": str(model_dir),
+                "parameters": count_parameters(model),
+                **task_metrics(labels.task, logits, gold),
+                **speed,
+                "examples": len(dataset),
+                "speed_examples": len(sample),
+                "torch_threads": torch.get_num_threads(),
+                "device": device,
+            }
+        )
+        logger.info("Evaluated %s: %s", model_dir, rows[-1])
+    return rows

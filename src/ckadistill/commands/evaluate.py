@@ -1,0 +1,74 @@
+"""`ckadistill evaluate MODEL_DIR [MODEL_DIR ...] --data FILE [--split test] [--output FILE]`.
+
+Task metrics, parameter counts and speed (examples/s at batch 1 and 32) of saved classifiers, side by
+side as a Markdown table; the first model is the reference for compression and speed-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str]) -> int:
+    import torch
+    from transformers import HfArgumentParser
+
+    from ckadistill.classification import evaluate_models
+    from ckadistill.config import DataArguments
+    from ckadistill.metrics import results_table
+
+    parser = HfArgumentParser(DataArguments, prog="ckadistill evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "model_dirs", nargs="+", metavar="MODEL_DIR", help="Saved models; the first is the reference."
+    )
+    parser.add_argument("--data", help="A data file (csv/tsv/json/jsonl/parquet) or a `datasets` hub name.")
+    parser.add_argument(
+        "--split", default="test", help="Split to score: the split --data becomes, or a hub split."
+    )
+    parser.add_argument("--output", help="Also write the Markdown table to this file.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Batch size for the metrics pass.")
+    parser.add_argument(
+        "--speed_examples", type=int, default=64, help="Examples timed at batch 1 and batch 32."
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        data_args, extra = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        if extra.data is not None:
+            if Path(extra.data).exists():
+                data_args = dataclasses.replace(
+                    data_args,
+                    **{f"{extra.split}_file": extra.data},
+                    validation_split_fraction=0.0,
+                    test_split_fraction=0.0,
+                )
+            else:
+                data_args = dataclasses.replace(data_args, dataset_name=extra.data)
+        if extra.threads is not None:
+            torch.set_num_threads(extra.threads)
+        rows = evaluate_models(
+            extra.model_dirs,
+            data_args,
+            split=extra.split,
+            batch_size=extra.batch_size,
+            speed_examples=extra.speed_examples,
+            device=extra.device,
+        )
+    except (ValueError, OSError) as err:
+        logger.debug("evaluate failed", exc_info=True)
+        print(f"ckadistill evaluate: error: {err}", file=sys.stderr)
+        return 2
+    table = results_table(rows)
+    print(table)
+    if extra.output:
+        Path(extra.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(extra.output).write_text(table + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,372 @@
+"""Typed configuration for the classification commands: dataclasses, YAML presets and flag overrides.
+
+One dataclass per concern, each field with a `help` string, validated in `__post_init__` with errors
+that name the flag and the fix. `parse_config` reads an optional YAML file first and then lets
+command-line flags override it, through `transformers.HfArgumentParser`; `save_config` writes the
+resolved values back as YAML that `parse_config` reads again.
+
+(No `from __future__ import annotations` here: HfArgumentParser reads the field types at run time.)
+"""
+
+import dataclasses
+import difflib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+HIDDEN_LOSSES = ("cka", "cosine", "mse_proj", "none")
+TASK_TYPES = ("auto", "classification", "regression")
+
+
+@dataclass
+class DataArguments:
+    """Where the examples come from and how they become model inputs."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A `datasets` hub name (needs a network), e.g. 'glue'. Files take precedence."},
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration of --dataset_name, e.g. 'sst2'."}
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training data: .csv, .tsv, .json, .jsonl or .parquet."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data (same formats)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data (same formats)."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the (first) text."})
+    text_pair_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding the second text of a pair task (e.g. NLI); unset for single texts."
+        },
+    )
+    label_column: str = field(
+        default="label", metadata={"help": "Column holding the label (string, int or float)."}
+    )
+    task_type: Literal["auto", "classification", "regression"] = field(
+        default="auto",
+        metadata={"help": "'auto': float labels mean regression, others classification; or force one."},
+    )
+    validation_split_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Fraction of the training rows held out for validation when no validation split is given."
+        },
+    )
+    test_split_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of the training rows held out for testing when no test split is given."},
+    )
+    split_seed: int = field(
+        default=0, metadata={"help": "Seed of the held-out splits and of --labelled_fraction."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training rows."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N rows of the validation and test splits."}
+    )
+    labelled_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Keep labels on this stratified, seeded fraction of the training rows; the rest get label "
+            "-100 (distillation still learns from their text through the teacher; fine-tuning drops them)."
+        },
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncate tokenised inputs to this many tokens."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenisation."}
+    )
+    data_cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache folder of `datasets` (default: its own)."}
+    )
+
+    def __post_init__(self):
+        for name in ("validation_split_fraction", "test_split_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"--{name} must be in [0, 1), got {value}")
+        if self.validation_split_fraction + self.test_split_fraction >= 1.0:
+            raise ValueError(
+                "--validation_split_fraction + --test_split_fraction must leave some training rows, got "
+                f"{self.validation_split_fraction} + {self.test_split_fraction}"
+            )
+        if not 0.0 < self.labelled_fraction <= 1.0:
+            raise ValueError(f"--labelled_fraction must be in (0, 1], got {self.labelled_fraction}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
+        if self.max_length < 2:
+            raise ValueError(f"--max_length must be >= 2 tokens, got {self.max_length}")
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise ValueError(f"--text_pair_column must differ from --text_column (both {self.text_column!r})")
+
+
+@dataclass
+class DistillModelArguments:
+    """The teacher, and the student: an existing model directory or one built from the teacher."""
+
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory (or hub name) of a fine-tuned sequence-classification teacher (required)."
+        },
+    )
+    student: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of an existing student; leave unset to build one from the teacher (--student_*)."
+        },
+    )
+    student_hidden_size: int | None = field(default=None, metadata={"help": "Width of a built student."})
+    student_layers: int | None = field(
+        default=None, metadata={"help": "Number of layers of a built student."}
+    )
+    student_ffn_size: int | None = field(
+        default=None, metadata={"help": "Feed-forward size of a built student."}
+    )
+    student_heads: int | None = field(default=None, metadata={"help": "Attention heads of a built student."})
+    student_init: str = field(
+        default="slice",
+        metadata={
+            "help": "Initialisation of a built student: 'slice' (the paper), 'random', or another of make_student."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer to use (default: the teacher's); teacher and student share it."},
+    )
+
+    def shape_flags(self) -> dict[str, int]:
+        """The `--student_*` shape values that were set, keyed by flag name."""
+        shape = {
+            "student_hidden_size": self.student_hidden_size,
+            "student_layers": self.student_layers,
+            "student_ffn_size": self.student_ffn_size,
+            "student_heads": self.student_heads,
+        }
+        return {name: value for name, value in shape.items() if value is not None}
+
+    def __post_init__(self):
+        if not self.teacher:
+            raise ValueError("--teacher is required: the directory of a fine-tuned classification teacher")
+        for name, value in self.shape_flags().items():
+            if value < 1:
+                raise ValueError(f"--{name} must be >= 1, got {value}")
+        if self.student is not None and self.shape_flags():
+            raise ValueError(
+                f"--student {self.student} is an existing model, so {', '.join('--' + n for n in self.shape_flags())} "
+                "cannot apply: drop --student to build a student from the teacher, or drop the shape flags"
+            )
+        if self.student is None and not self.shape_flags():
+            raise ValueError(
+                "no student given: pass --student PATH, or build one from the teacher with at least one of "
+                "--student_layers, --student_hidden_size, --student_ffn_size, --student_heads"
+            )
+
+
+@dataclass
+class FinetuneModelArguments:
+    """The model to fine-tune into a classification teacher."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Base model or checkpoint directory (or hub name) to fine-tune (required)."},
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
+
+    def __post_init__(self):
+        if not self.model_name_or_path:
+            raise ValueError("--model_name_or_path is required: the base model or checkpoint to fine-tune")
+
+
+@dataclass
+class DistillArguments:
+    """What the student learns from: labels, teacher logits and matched hidden states."""
+
+    alpha_task: float = field(
+        default=1.0, metadata={"help": "Weight of the task loss on labels (CE, or MSE for regression)."}
+    )
+    alpha_kd: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the logit distillation loss (KL at --temperature, MSE for regression)."},
+    )
+    alpha_hidden: float = field(
+        default=1.0, metadata={"help": "Weight of the hidden-state loss over the layer-map pairs."}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature of the KL term (scaled by T²)."}
+    )
+    kd_reverse: bool = field(default=False, metadata={"help": "Use the reverse KL(p_student || p_teacher)."})
+    hidden_loss: Literal["cka", "cosine", "mse_proj", "none"] = field(
+        default="cka",
+        metadata={
+            "help": "Hidden-state loss per pair: 'cka' (1 - linear CKA, any widths), 'cosine' (DistilBERT, "
+            "equal widths), 'mse_proj' (TinyBERT, learned projection), 'none'."
+        },
+    )
+    layer_map: str = field(
+        default="uniform",
+        metadata={
+            "help": "Student:teacher hidden-state pairs: uniform | distilbart | last | none | '0:0,1:2,2:4'."
+        },
+    )
+    hidden_reduction: Literal["sum", "mean"] = field(
+        default="sum",
+        metadata={"help": "Combine the per-pair losses by 'sum' (the paper: weight 1 per pair) or 'mean'."},
+    )
+    cka_sqrt: bool = field(
+        default=False,
+        metadata={
+            "help": "Minimise 1 - sqrt(CKA) (the authors' code) instead of 1 - CKA (bounded gradient)."
+        },
+    )
+
+    def __post_init__(self):
+        for name in ("alpha_task", "alpha_kd", "alpha_hidden"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"--{name} must be >= 0, got {value}")
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(
+                f"--hidden_loss must be one of {', '.join(HIDDEN_LOSSES)}, got {self.hidden_loss!r}"
+            )
+        if self.hidden_reduction not in ("sum", "mean"):
+            raise ValueError(f"--hidden_reduction must be 'sum' or 'mean', got {self.hidden_reduction!r}")
+        no_pairs = self.layer_map.strip().lower() == "none"
+        if self.hidden_loss != "none" and no_pairs and self.alpha_hidden > 0:
+            raise ValueError(
+                f"--layer_map none matches no layers, so --hidden_loss {self.hidden_loss} has nothing to compare: "
+                "set --hidden_loss none (or --alpha_hidden 0), or choose a layer map such as 'uniform'"
+            )
+        uses_hidden = self.hidden_loss != "none" and self.alpha_hidden > 0
+        if self.alpha_task == 0 and self.alpha_kd == 0 and not uses_hidden:
+            raise ValueError(
+                "every loss term is off: set --alpha_task, --alpha_kd or --alpha_hidden (with a --hidden_loss) above 0"
+            )
+
+    @property
+    def uses_hidden(self) -> bool:
+        """Whether a hidden-state term enters the loss."""
+        return (
+            self.hidden_loss != "none" and self.alpha_hidden > 0 and self.layer_map.strip().lower() != "none"
+        )
+
+
+@dataclass
+class ClassificationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults suited to short classification runs (all other fields unchanged)."""
+
+    output_dir: str | None = field(
+        default="outputs/classification", metadata={"help": "Where the model is written."}
+    )
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "Peak AdamW learning rate (the paper's task rate)."}
+    )
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(
+        default=64, metadata={"help": "Evaluation batch size per device."}
+    )
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "Training epochs (overridden by --max_steps)."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log the losses every N optimiser steps."})
+    eval_strategy: str = field(
+        default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."}
+    )
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps', 'epoch' or 'best'."}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    report_to: str | None = field(
+        default="none", metadata={"help": "Logging backends: 'none', 'tensorboard', 'wandb', ... or 'all'."}
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML file + command-line flags.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _init_field_names(dataclass_types: tuple[type, ...]) -> set[str]:
+    return {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
+
+
+def load_yaml_config(path: str | Path, dataclass_types: tuple[type, ...]) -> dict[str, Any]:
+    """Read a flat YAML mapping of flag names to values and check every key belongs to a dataclass.
+
+    Raises:
+        ValueError: the file is missing, not a mapping, or has a key no dataclass knows (with the
+            closest known names as a hint).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist (pass a YAML file as the first argument)")
+    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}"
+        )
+    known = _init_field_names(dataclass_types)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown key(s) in {path}: {', '.join(hints)}")
+    return values
+
+
+def parse_config(
+    dataclass_types: tuple[type, ...], argv: list[str], *, prog: str, description: str | None = None
+) -> tuple[Any, ...]:
+    """Parse `[CONFIG.yaml] [--flag value ...]` into one instance of each dataclass.
+
+    The YAML values become the parser's defaults, so any flag given on the command line overrides
+    them; `__post_init__` validation runs once, on the merged values.
+    """
+    config_path, flags = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, list(argv))
+    parser = HfArgumentParser(
+        dataclass_types, prog=prog, usage=f"{prog} [CONFIG.yaml] [--flag value ...]", description=description
+    )
+    if config_path is not None:
+        parser.set_defaults(**load_yaml_config(config_path, dataclass_types))
+    return tuple(parser.parse_args_into_dataclasses(args=flags, look_for_args_file=False))
+
+
+def config_to_dict(*configs: Any) -> dict[str, Any]:
+    """The flat `{flag: value}` mapping of several dataclass instances (as `parse_config` reads it back).
+
+    Secrets (`*_token` fields) are left out; enums become their values.
+    """
+    out: dict[str, Any] = {}
+    for config in configs:
+        if isinstance(config, TrainingArguments):
+            values = config.to_dict()
+        else:
+            values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        out.update({k: v for k, v in values.items() if not k.endswith("_token")})
+    return out
+
+
+def save_config(path: str | Path, *configs: Any, header: str = "") -> Path:
+    """Write the resolved configuration as YAML; `ckadistill <command> path` reproduces the run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(*configs), sort_keys=False, allow_unicode=True)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comment + text, encoding="utf-8")
+    return path

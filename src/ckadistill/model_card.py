@@ -1,0 +1,157 @@
+"""Model cards (README.md) for fine-tuned teachers and distilled students.
+
+A card says what the model is (shape, size, compression against its teacher), how it was made (the
+loss, its weights, the layer map, the data, the training settings, the student's provenance), how
+well it does (every evaluation metric) and how to use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ckadistill.families import get_family, num_encoder_layers
+from ckadistill.metrics import count_parameters
+
+logger = logging.getLogger(__name__)
+
+
+def model_shape(model) -> dict[str, Any]:
+    """Parameters, layers, width, FFN size and heads of an encoder, read through the family table."""
+    config = model.config
+    family = get_family(config)
+    return {
+        "model_type": config.model_type,
+        "parameters": count_parameters(model),
+        "layers": num_encoder_layers(config),
+        "hidden_size": int(getattr(config, family.width)),
+        "ffn_size": int(getattr(config, family.ffn_field(0))),
+        "heads": int(getattr(config, family.heads_field(0))),
+    }
+
+
+def _metrics_table(metrics: Mapping[str, float]) -> list[str]:
+    """Evaluation metrics as `| split | metric | value |` rows (runtime figures left out)."""
+    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+    rows = []
+    for key, value in sorted(metrics.items()):
+        split, _, name = key.partition("_")
+        if split not in ("eval", "test", "teacher") or any(s in name for s in skip):
+            continue
+        if not isinstance(value, (int, float)):
+            continue
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        label = {"eval": "validation"}.get(split, split)
+        if split == "teacher":  # teacher_eval_accuracy -> teacher (validation) / accuracy
+            inner, _, name = name.partition("_")
+            label = f"teacher ({ {'eval': 'validation'}.get(inner, inner) })"
+        rows.append(f"| {label} | {name} | {shown} |")
+    if not rows:
+        return ["No evaluation split was given, so there are no metrics."]
+    return ["| split | metric | value |", "|---|---|---:|", *rows]
+
+
+def _shape_table(shapes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    header = "| | " + " | ".join(name for name, _ in shapes) + " |"
+    lines = [header, "|---|" + "---:|" * len(shapes)]
+    for key, label in (
+        ("parameters", "parameters"),
+        ("layers", "layers"),
+        ("hidden_size", "hidden size"),
+        ("ffn_size", "FFN size"),
+        ("heads", "attention heads"),
+    ):
+        cells = [f"{shape[key]:,}" if key == "parameters" else str(shape[key]) for _, shape in shapes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_model_card(
+    output_dir: str | Path,
+    *,
+    model,
+    title: str,
+    summary: str,
+    metrics: Mapping[str, float],
+    labels: Sequence[str],
+    data: Mapping[str, Any],
+    training: Mapping[str, Any],
+    teacher=None,
+    teacher_name: str | None = None,
+    distillation: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `README.md` into `output_dir` and return its path.
+
+    Args:
+        model: the saved model (its shape and `config.ckadistill` provenance are read).
+        title, summary: heading and first paragraph.
+        metrics: flat metric dictionary (`eval_*`, `test_*`, `teacher_eval_*`, ... keys).
+        labels: class names in id order (empty for regression).
+        data, training: settings shown as bullet lists (e.g. data files, learning rate).
+        teacher, teacher_name: the teacher model and its name, for distilled students.
+        distillation: loss settings (weights, temperature, hidden loss, layer map), for students.
+    """
+    shape = model_shape(model)
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "- ckadistill",
+        *(["- knowledge-distillation", "- cka"] if distillation is not None else []),
+        "---",
+        "",
+        f"# {title}",
+        "",
+        summary,
+        "",
+        "## Results",
+        "",
+        *_metrics_table(metrics),
+        "",
+        "## Model",
+        "",
+    ]
+    if teacher is not None:
+        teacher_shape = model_shape(teacher)
+        lines += _shape_table([("teacher", teacher_shape), ("student", shape)])
+        compression = teacher_shape["parameters"] / shape["parameters"]
+        lines += ["", f"Compression: {compression:.2f}× fewer parameters than the teacher `{teacher_name}`."]
+    else:
+        lines += _shape_table([("model", shape)])
+    lines += [
+        "",
+        "Labels: " + (", ".join(f"`{name}`" for name in labels) if labels else "regression (one output)"),
+    ]
+    if distillation is not None:
+        lines += ["", "## Distillation", ""]
+        lines += [f"- {key}: `{value}`" for key, value in distillation.items()]
+    lines += ["", "## Data", ""]
+    lines += [f"- {key}: `{value}`" for key, value in data.items() if value is not None]
+    lines += ["", "## Training", ""]
+    lines += [f"- {key}: `{value}`" for key, value in training.items() if value is not None]
+    provenance = model.config.to_dict().get("ckadistill")
+    if provenance:
+        lines += ["", "## Provenance", "", "```json", json.dumps(provenance, indent=2, default=str), "```"]
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        'classifier = pipeline("text-classification", model="path/to/this/folder")',
+        'print(classifier("a sentence to classify"))',
+        "```",
+        "",
+        "Made with ckadistill (hidden-state distillation with Centered Kernel Alignment, "
+        "Dasgupta & Cohn, ICLR 2025).",
+        "",
+    ]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    logger.info("Model card written to %s", path)
+    return path
