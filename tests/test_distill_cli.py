@@ -190,7 +190,10 @@ def test_distill_each_hidden_loss(hidden_loss, teacher_dir, train_csv, tmp_path,
         k: v.clone()
         for k, v in AutoModelForSequenceClassification.from_pretrained(teacher_dir).state_dict().items()
     }
-    rc = main(distill_argv(teacher_dir, train_csv, out, "--hidden_loss", hidden_loss, *SHAPES[hidden_loss]))
+    report = ["--report_to", "tensorboard"] if hidden_loss == "cka" else []
+    rc = main(
+        distill_argv(teacher_dir, train_csv, out, "--hidden_loss", hidden_loss, *SHAPES[hidden_loss], *report)
+    )
     assert rc == 0
 
     # Losses are finite and every component is logged, per-pair CKA included.
@@ -224,6 +227,18 @@ def test_distill_each_hidden_loss(hidden_loss, teacher_dir, train_csv, tmp_path,
     if hidden_loss == "cka":
         (prediction,) = pipeline("text-classification", model=str(out))("the team won the match")
         assert prediction["label"] in set(TOPICS)
+        assert {"loss/task", "loss/kd", "loss/hidden", "cka/enc_2_4"} <= tensorboard_tags(out)
+
+
+def tensorboard_tags(out: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for event_file in out.glob("runs/**/events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        tags |= {tag.removeprefix("train/") for tag in accumulator.Tags()["scalars"]}
+    return tags
 
 
 def test_text_pair_with_existing_student_dir(tok, tmp_path):
