@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 INITS = ("random", "slice", "copy", "pca")
 
 # DistilBART's layer choices for 12-layer teachers (0-based teacher layers copied, first and last kept).
+# For a 2-layer student the published DistilBART table lists [0, 6]; we keep [0, 11] so that the top
+# layer, which feeds the head, is always copied, as in every other row.
 _COPY_TABLE_12: dict[int, list[int]] = {
     1: [0],
     2: [0, 11],
