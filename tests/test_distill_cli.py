@@ -352,3 +352,21 @@ def test_vocabulary_mismatch_is_reported(tok, teacher_dir, train_csv, tmp_path, 
     err = capsys.readouterr().err
     assert f"teacher vocab_size {len(tok)}" in err and f"student vocab_size {len(tok) + 20}" in err
     assert "tokenizer" in err
+
+
+def test_pretrained_encoder_as_student_gets_the_teachers_head(tok, teacher_dir, train_csv, tmp_path):
+    from transformers import BertModel
+
+    encoder = BertModel(tiny_bert(tok, labels=None, hidden=16, layers=2).config)  # placeholder labels only
+    student = save_model(encoder, tok, tmp_path / "encoder")
+    out = tmp_path / "out"
+    assert main(distill_argv(teacher_dir, train_csv, out, "--student", str(student))) == 0
+    saved = AutoModelForSequenceClassification.from_pretrained(out)
+    assert saved.config.id2label == dict(enumerate(sorted(set(TOPICS))))
+    assert_loads_cleanly(out)
+
+
+def test_student_with_other_labels_is_rejected(tok, teacher_dir, train_csv, tmp_path, capsys):
+    student = save_model(tiny_bert(tok, labels=["x", "y"], hidden=16, layers=2), tok, tmp_path / "s")
+    assert main(distill_argv(teacher_dir, train_csv, tmp_path / "o", "--student", str(student))) == 2
+    assert "a student needs the teacher's label set" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from ckadistill.data import (
     LabelSpace,
     check_vocab_compatible,
     encode_splits,
+    has_named_labels,
     load_raw_splits,
     resolve_label_space,
     sample_texts,
@@ -193,22 +194,31 @@ def run_finetune(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _load_student(model_args: DistillModelArguments, teacher, tokenizer, raw, data_args, seed: int):
-    """An existing student directory, or a student built from the teacher (`make_student`)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_student(
+    model_args: DistillModelArguments, teacher, labels: LabelSpace, tokenizer, raw, data_args, seed: int
+):
+    """An existing student directory, or a student built from the teacher (`make_student`).
+
+    An existing student gets the teacher's head: its own when the labels agree, a new one when it
+    is a pretrained encoder without task labels.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     if model_args.student is not None:
-        student = AutoModelForSequenceClassification.from_pretrained(model_args.student)
+        config = AutoConfig.from_pretrained(model_args.student)
+        if has_named_labels(config) and config.id2label != teacher.config.id2label:
+            raise ValueError(
+                f"--student {model_args.student} has labels {config.id2label} but the teacher has "
+                f"{teacher.config.id2label}: a student needs the teacher's label set"
+            )
+        student = AutoModelForSequenceClassification.from_pretrained(
+            model_args.student, **labels.model_config_kwargs(), ignore_mismatched_sizes=True
+        )
         student_dir = Path(model_args.student)
         has_tokenizer = (student_dir / "tokenizer.json").is_file() or (
             student_dir / "tokenizer_config.json"
         ).is_file()
         student_tokenizer = AutoTokenizer.from_pretrained(model_args.student) if has_tokenizer else None
-        if student.config.id2label != teacher.config.id2label:
-            raise ValueError(
-                f"--student {model_args.student} has labels {student.config.id2label} but the teacher has "
-                f"{teacher.config.id2label}: a student needs the teacher's label set"
-            )
         return student, student_tokenizer
     from ckadistill.students import make_student
 
@@ -272,7 +282,7 @@ def run_distill(
 
     # Student, checked against the teacher before any training.
     student, student_tokenizer = _load_student(
-        model_args, teacher, tokenizer, raw, data_args, training_args.seed
+        model_args, teacher, labels, tokenizer, raw, data_args, training_args.seed
     )
     check_vocab_compatible(
         teacher.config,

@@ -123,7 +123,8 @@ class DistillModelArguments:
     student: str | None = field(
         default=None,
         metadata={
-            "help": "Directory of an existing student; leave unset to build one from the teacher (--student_*)."
+            "help": "Directory of an existing student (a classifier with the teacher's labels, or a pretrained "
+            "encoder that gets a new head); leave unset to build one from the teacher (--student_*)."
         },
     )
     student_hidden_size: int | None = field(default=None, metadata={"help": "Width of a built student."})
@@ -137,7 +138,8 @@ class DistillModelArguments:
     student_init: str = field(
         default="slice",
         metadata={
-            "help": "Initialisation of a built student: 'slice' (the paper), 'random', or another of make_student."
+            "help": "Initialisation of a built student: 'slice' (the paper: top-left blocks of teacher weights), "
+            "'random', 'copy' (alternate teacher layers, same width) or 'pca' (teacher's principal directions)."
         },
     )
     tokenizer_name: str | None = field(

@@ -200,7 +200,7 @@ class LabelSpace:
         }
 
 
-def _has_named_labels(config: PretrainedConfig) -> bool:
+def has_named_labels(config: PretrainedConfig) -> bool:
     """False when a config carries only the placeholder names `LABEL_0, LABEL_1, ...`."""
     return any(name != f"LABEL_{i}" for i, name in config.id2label.items())
 
@@ -260,7 +260,7 @@ def resolve_label_space(
     values = sorted({v for split in raw.values() for v in split.unique(column)}, key=str)
     if any(v is None for v in values):
         raise ValueError(f"--label_column {column} has empty cells: every row of every split needs a label")
-    if model_config is not None and _has_named_labels(model_config):
+    if model_config is not None and has_named_labels(model_config):
         names = tuple(model_config.id2label[i] for i in range(model_config.num_labels))
         if kind == "string":
             unknown = [v for v in values if v not in names]

@@ -13,15 +13,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ckadistill.families import get_family, num_encoder_layers
+from ckadistill.families import FAMILIES, get_family, num_encoder_layers
 from ckadistill.metrics import count_parameters
 
 logger = logging.getLogger(__name__)
 
 
 def model_shape(model) -> dict[str, Any]:
-    """Parameters, layers, width, FFN size and heads of an encoder, read through the family table."""
+    """Parameters, layers, width, FFN size and heads of an encoder, read through the family table.
+
+    Model types outside the table (a fine-tuned teacher of another family) show only their size.
+    """
     config = model.config
+    if config.model_type not in FAMILIES:
+        return {"model_type": config.model_type, "parameters": count_parameters(model)}
     family = get_family(config)
     return {
         "model_type": config.model_type,
@@ -64,7 +69,9 @@ def _shape_table(shapes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         ("ffn_size", "FFN size"),
         ("heads", "attention heads"),
     ):
-        cells = [f"{shape[key]:,}" if key == "parameters" else str(shape[key]) for _, shape in shapes]
+        cells = [
+            f"{shape[key]:,}" if key == "parameters" else str(shape.get(key, "-")) for _, shape in shapes
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 

@@ -22,7 +22,12 @@ def main(argv: list[str]) -> int:
     from ckadistill.config import DataArguments
     from ckadistill.metrics import results_table
 
-    parser = HfArgumentParser(DataArguments, prog="ckadistill evaluate", description=__doc__.splitlines()[0])
+    parser = HfArgumentParser(
+        DataArguments,
+        prog="ckadistill evaluate",
+        usage="ckadistill evaluate MODEL_DIR [MODEL_DIR ...] --data FILE [--split test] [--output FILE] [--flag value ...]",
+        description="Metrics, size and speed of saved classifiers side by side (the first is the reference).",
+    )
     parser.add_argument(
         "model_dirs", nargs="+", metavar="MODEL_DIR", help="Saved models; the first is the reference."
     )
