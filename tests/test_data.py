@@ -126,6 +126,10 @@ def test_integer_and_float_labels(tmp_path):
         DataArguments(train_file=write_rows(tmp_path / "i.csv", ints), validation_split_fraction=0)
     )
     assert resolve_label_space(raw, DataArguments()).names == ("0", "1", "2")
+    negative = [{"text": s, "label": i % 3 - 1} for i, s in enumerate(SENTENCES)]
+    raw = load_raw_splits(DataArguments(train_file=write_rows(tmp_path / "n.csv", negative)))
+    with pytest.raises(ValueError, match="must be class ids >= 0"):
+        resolve_label_space(raw, DataArguments())
     floats = [{"text": s, "label": i / 4} for i, s in enumerate(SENTENCES)]
     raw = load_raw_splits(DataArguments(train_file=write_rows(tmp_path / "f.csv", floats)))
     space = resolve_label_space(raw, DataArguments())

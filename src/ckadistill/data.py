@@ -275,7 +275,7 @@ def resolve_label_space(
         names = _class_label_names(raw, column)
     else:
         ints = [int(v) for v in values]
-        if ints[0] < 0 or any(v != int(v) for v in values):
+        if min(ints) < 0 or any(v != int(v) for v in values):
             raise ValueError(
                 f"integer labels in --label_column {column} must be class ids >= 0, got {values[:10]}; "
                 "use string labels or --task_type regression"
