@@ -90,7 +90,7 @@ def test_slice_layers_follow_k_times_i():
 def test_copy_layers_match_distilbart_table():
     expected = {
         1: [0],
-        2: [0, 11],
+        2: [0, 6],
         3: [0, 6, 11],
         4: [0, 4, 8, 11],
         6: [0, 2, 4, 7, 9, 11],

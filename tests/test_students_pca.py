@@ -8,7 +8,8 @@ import transformers as tf
 
 from ckadistill.commands.make_student import main as make_student_main
 from ckadistill.families import get_family
-from ckadistill.students import make_student, pca_basis, sliced_state_dict
+from ckadistill.pca_init import pca_basis
+from ckadistill.students import make_student, sliced_state_dict
 from test_students import tiny_bert
 from test_students_families import build, inputs_for
 
