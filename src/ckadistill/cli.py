@@ -11,9 +11,18 @@ import sys
 
 # command -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("ckadistill.commands.quickstart", "Offline default: MiniLM teacher -> small student on BBC News."),
-    "make-student": ("ckadistill.commands.make_student", "Build and initialise a smaller student from a teacher."),
-    "layer-map": ("ckadistill.commands.layer_map", "Print which student layer learns from which teacher layer."),
+    "quickstart": (
+        "ckadistill.commands.quickstart",
+        "Offline default: MiniLM teacher -> small student on BBC News.",
+    ),
+    "make-student": (
+        "ckadistill.commands.make_student",
+        "Build and initialise a smaller student from a teacher.",
+    ),
+    "layer-map": (
+        "ckadistill.commands.layer_map",
+        "Print which student layer learns from which teacher layer.",
+    ),
     "cka-map": ("ckadistill.commands.cka_map", "Teacher x student layer CKA on sample text (PNG + CSV)."),
     "finetune": ("ckadistill.commands.finetune", "Fine-tune a teacher on a classification task."),
     "distill": ("ckadistill.commands.distill", "Distil a teacher into a student (CONFIG.yaml + flags)."),
