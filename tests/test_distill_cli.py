@@ -326,9 +326,10 @@ def test_resume_from_checkpoint_restores_projections(teacher_dir, train_csv, tmp
 
 
 def test_missing_column_is_reported_with_the_flag(teacher_dir, train_csv, tmp_path, capsys):
-    rc = main(
-        [*distill_argv(teacher_dir, train_csv, tmp_path / "o", *SHAPES["cka"]), "--text_column", "sentence"]
-    )
+    from ckadistill.cli import main as cli_main  # through the `ckadistill` dispatcher
+
+    argv = distill_argv(teacher_dir, train_csv, tmp_path / "o", *SHAPES["cka"])
+    rc = cli_main(["distill", *argv, "--text_column", "sentence"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "'sentence'" in err and "--text_column" in err and "text, label" in err
