@@ -371,3 +371,12 @@ def test_student_with_other_labels_is_rejected(tok, teacher_dir, train_csv, tmp_
     student = save_model(tiny_bert(tok, labels=["x", "y"], hidden=16, layers=2), tok, tmp_path / "s")
     assert main(distill_argv(teacher_dir, train_csv, tmp_path / "o", "--student", str(student))) == 2
     assert "a student needs the teacher's label set" in capsys.readouterr().err
+
+
+def test_distill_cli_with_cache(teacher_dir, train_csv, tmp_path):
+    out = tmp_path / "student"
+    argv = distill_argv(teacher_dir, train_csv, out, "--cache_teacher", "true", "--student_layers", "2")
+    assert main([*argv, "--student_hidden_size", "16", "--student_heads", "2"]) == 0
+    logs = [entry for entry in log_history(out) if "loss/hidden" in entry]
+    assert logs and all(math.isfinite(entry["loss/hidden"]) for entry in logs)
+    assert (out / "model.safetensors").is_file()

@@ -12,7 +12,8 @@
 The teacher is a plain attribute: frozen, in eval mode, run under `no_grad`, on the student's
 device, and never handed to `accelerator.prepare`, so data-parallel wrappers only ever see the
 student. Everything else (checkpoints, resume, mixed precision, accumulation, logging backends)
-is the Trainer's own.
+is the Trainer's own. With `--cache_teacher`, the teacher runs once over the training set before
+training and its outputs are replayed (`ckadistill.teacher_cache`); evaluation still runs it live.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from ckadistill.losses import (
     kl_logits_loss,
     linear_cka,
     projected_mse_loss,
+    select_tokens,
 )
+from ckadistill.teacher_cache import EXAMPLE_ID, TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +139,46 @@ class DistillationTrainer(Trainer):
             self.projections = nn.ModuleList(projections).to(self.args.device)
         self._log_sums: dict[str, Tensor] = {}
         self._log_batches = 0
+        self.teacher_cache: TeacherCache | None = None
+        if distill_args.cache_teacher and self.train_dataset is not None:
+            self.teacher_cache = self._build_teacher_cache()
+
+    def _build_teacher_cache(self) -> TeacherCache:
+        dataset = self.train_dataset
+        if EXAMPLE_ID not in dataset.column_names:
+            dataset = self.train_dataset = dataset.add_column(EXAMPLE_ID, list(range(len(dataset))))
+        if dataset[EXAMPLE_ID] != list(range(len(dataset))):
+            raise ValueError(f"column {EXAMPLE_ID!r} must number the training rows 0..N-1 in order")
+        layers = sorted({t for _, t in self.layer_pairs})
+        num_tokens = sum(len(ids) for ids in dataset["input_ids"])
+        need = TeacherCache.estimate_bytes(
+            num_tokens,
+            len(dataset),
+            self.teacher.config.hidden_size,
+            len(layers),
+            self.teacher.config.num_labels,
+        )
+        limit = self.distill_args.cache_teacher_max_gb * 2**30
+        if need > limit:
+            raise ValueError(
+                f"--cache_teacher would hold {need / 2**30:.1f} GiB of teacher outputs, above "
+                f"--cache_teacher_max_gb {self.distill_args.cache_teacher_max_gb}: raise the limit, shorten "
+                "--max_length, use fewer layer pairs, or drop --cache_teacher"
+            )
+        return TeacherCache.build(
+            self.teacher,
+            dataset,
+            self.data_collator,
+            layers,
+            batch_size=self.args.per_device_eval_batch_size,
+            device=self.args.device,
+        )
+
+    def _set_signature_columns_if_needed(self):
+        # The Trainer drops dataset columns the model's forward does not take; the cache needs the row ids.
+        super()._set_signature_columns_if_needed()
+        if self.teacher_cache is not None and EXAMPLE_ID not in self._signature_columns:
+            self._signature_columns.append(EXAMPLE_ID)
 
     # ---- the loss ------------------------------------------------------------------------------
 
@@ -143,6 +186,8 @@ class DistillationTrainer(Trainer):
         args = self.distill_args
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)  # the student's own loss is not used
+        example_ids = inputs.pop(EXAMPLE_ID, None)
+        cached = self.teacher_cache is not None and example_ids is not None and model.training
         want_hidden = bool(self.layer_pairs)
         outputs = model(**inputs, output_hidden_states=want_hidden)
         logits = outputs.logits  # (B, C)
@@ -153,13 +198,14 @@ class DistillationTrainer(Trainer):
                 logits, labels, regression=self.regression, label_smoothing=self.args.label_smoothing_factor
             )
             weighted["task"] = (args.alpha_task, task)
-        if args.alpha_kd > 0 or want_hidden:
+        if (args.alpha_kd > 0 or want_hidden) and not cached:
             with torch.no_grad(), self.accelerator.autocast():
                 teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
         if args.alpha_kd > 0:
+            teacher_logits = self.teacher_cache.logits(example_ids) if cached else teacher_out.logits
             kd = logit_distillation_loss(
                 logits,
-                teacher_out.logits,
+                teacher_logits.to(logits.device),
                 regression=self.regression,
                 temperature=args.temperature,
                 reverse=args.kd_reverse,
@@ -171,7 +217,17 @@ class DistillationTrainer(Trainer):
             mask = inputs.get("attention_mask")
             if mask is None:
                 mask = torch.ones(inputs["input_ids"].shape, device=logits.device)  # (B, T)
-            pair_losses, ckas = self._hidden_terms(outputs.hidden_states, teacher_out.hidden_states, mask)
+            if cached:  # real-token rows of both sides, in the same batch-major order
+                states = [
+                    (select_tokens(outputs.hidden_states[s], mask), self._cached_rows(t, example_ids, mask))
+                    for s, t in self.layer_pairs
+                ]
+                mask = None
+            else:
+                states = [
+                    (outputs.hidden_states[s], teacher_out.hidden_states[t]) for s, t in self.layer_pairs
+                ]
+            pair_losses, ckas = self._hidden_terms(states, mask)
             if pair_losses:
                 stacked = torch.stack(pair_losses)  # (P,)
                 hidden = stacked.sum() if args.hidden_reduction == "sum" else stacked.mean()
@@ -189,17 +245,27 @@ class DistillationTrainer(Trainer):
             return loss, SequenceClassifierOutput(loss=loss, logits=logits)
         return loss
 
+    def _cached_rows(self, layer: int, example_ids: Tensor, mask: Tensor) -> Tensor:
+        """`(n, d_t)` cached teacher rows of a batch, checked against the batch's real-token count."""
+        rows = self.teacher_cache.hidden_rows(layer, example_ids)
+        if rows.shape[0] != int(mask.bool().sum()):
+            raise RuntimeError(
+                f"the teacher cache holds {rows.shape[0]} tokens for this batch but it has "
+                f"{int(mask.bool().sum())}: the training data changed after the cache was built"
+            )
+        return rows.to(mask.device)
+
     def _hidden_terms(
-        self, student_states: tuple[Tensor, ...], teacher_states: tuple[Tensor, ...], mask: Tensor
+        self, states: Sequence[tuple[Tensor, Tensor]], mask: Tensor | None
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Per-pair hidden losses (empty when the hidden term is off) and per-pair CKA values (detached).
 
-        `student_states[i]` is `(B, T, d_s)`, `teacher_states[j]` is `(B, T, d_t)`, `mask` is `(B, T)`.
+        `states[k]` is the k-th pair's (student, teacher) states: `(B, T, d_s)` and `(B, T, d_t)` with a
+        `(B, T)` mask, or already-selected rows `(n, d_s)` and `(n, d_t)` with `mask=None`.
         """
         args = self.distill_args
         losses, ckas = [], []
-        for k, (s, t) in enumerate(self.layer_pairs):
-            x, y = student_states[s], teacher_states[t]  # (B, T, d_s), (B, T, d_t)
+        for k, (x, y) in enumerate(states):
             if args.uses_hidden and args.hidden_loss == "cka":
                 loss = cka_loss(x, y, mask, sqrt=args.cka_sqrt)
                 gap = 1.0 - loss.detach()

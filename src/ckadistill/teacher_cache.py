@@ -1,0 +1,116 @@
+"""Teacher outputs computed once and replayed every epoch.
+
+The teacher is frozen, in eval mode and deterministic, so its logits and hidden states for a training
+example are the same in every epoch. For small students the teacher's forward pass dominates a
+distillation step; one pass over the training set, kept in memory, removes it from every later step.
+
+Each mapped teacher layer is stored as one `(N, d_t)` fp16 tensor of the real tokens of all training
+examples, concatenated in dataset order, with per-example offsets; logits are kept in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE_ID = "example_id"  # dataset column that tells the cache which rows a batch holds
+STORAGE_DTYPE = torch.float16  # hidden states: range to 65504, ~3 significant digits; CKA runs in fp32
+
+
+class TeacherCache:
+    """Logits and selected hidden states of a teacher for every row of a dataset.
+
+    Build with `TeacherCache.build`; read with `logits(ids)` and `hidden_rows(layer, ids)`.
+    """
+
+    def __init__(self, logits: Tensor, states: dict[int, Tensor], offsets: Tensor):
+        self._logits = logits  # (num_examples, C) fp32
+        self._states = states  # teacher layer -> (num_tokens, d_t) fp16
+        self._offsets = offsets  # (num_examples + 1,) start of each example's tokens
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self._states)
+
+    @property
+    def nbytes(self) -> int:
+        return self._logits.nbytes + sum(s.nbytes for s in self._states.values())
+
+    @staticmethod
+    def estimate_bytes(
+        num_tokens: int, num_examples: int, width: int, num_layers: int, num_labels: int
+    ) -> int:
+        """Memory the cache will take, from the token count alone."""
+        return num_tokens * width * num_layers * STORAGE_DTYPE.itemsize + num_examples * num_labels * 4
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        teacher,
+        dataset,
+        collator,
+        layers: Sequence[int],
+        *,
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+    ) -> TeacherCache:
+        """Run the teacher once over `dataset` (in order; rows must carry `EXAMPLE_ID` = row index).
+
+        Args:
+            teacher: a sequence-classification model, already in eval mode.
+            dataset: tokenised rows (`input_ids`, `attention_mask`, ...).
+            collator: pads a list of rows into a batch.
+            layers: indices into the teacher's `hidden_states` to keep (0 = embeddings).
+        """
+        columns = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
+        rows = dataset.select_columns(columns)
+        loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator)
+        layers = sorted(set(int(i) for i in layers))
+        logits, lengths = [], []
+        states: dict[int, list[Tensor]] = {i: [] for i in layers}
+        for batch in tqdm(loader, desc="Caching teacher outputs", unit="batch"):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = teacher(**batch, output_hidden_states=bool(layers))
+            mask = batch.get("attention_mask")
+            if mask is None:
+                mask = torch.ones_like(batch["input_ids"])
+            keep = mask.bool()  # (B, T)
+            lengths.append(keep.sum(dim=1).cpu())
+            logits.append(out.logits.float().cpu())
+            for i in layers:
+                states[i].append(out.hidden_states[i][keep].to(STORAGE_DTYPE).cpu())  # (n_batch, d_t)
+        lengths_all = torch.cat(lengths)
+        offsets = torch.zeros(len(lengths_all) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(lengths_all, dim=0)
+        cache = cls(torch.cat(logits), {i: torch.cat(s) for i, s in states.items()}, offsets)
+        logger.info(
+            "Cached teacher outputs: %d examples, %d tokens, layers %s, %.1f MiB",
+            len(lengths_all),
+            int(offsets[-1]),
+            list(layers),
+            cache.nbytes / 2**20,
+        )
+        return cache
+
+    def logits(self, example_ids: Tensor) -> Tensor:
+        """`(B, C)` fp32 teacher logits of the given rows."""
+        return self._logits[example_ids.cpu()]
+
+    def hidden_rows(self, layer: int, example_ids: Tensor) -> Tensor:
+        """`(n, d_t)` fp32 real-token states of the given rows, batch-major: the order in which
+        `ckadistill.losses.select_tokens` lists the real tokens of the same batch."""
+        starts, ends = self._offsets[example_ids.cpu()], self._offsets[example_ids.cpu() + 1]
+        parts = [self._states[layer][s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        return torch.cat(parts).float()  # (n, d_t)
+
+    def num_tokens(self, example_ids: Tensor) -> int:
+        ids = example_ids.cpu()
+        return int((self._offsets[ids + 1] - self._offsets[ids]).sum())

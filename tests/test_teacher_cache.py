@@ -1,0 +1,89 @@
+"""Teacher outputs cached once and replayed: the same losses as running the teacher live."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import DataCollatorWithPadding
+
+from ckadistill.config import ClassificationTrainingArguments, DistillArguments
+from ckadistill.teacher_cache import EXAMPLE_ID, TeacherCache
+from ckadistill.trainer import DistillationTrainer
+from conftest import SENTENCES
+from test_trainer import LABELS, PAIRS, quiet_bert
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def encoded(tokenizer) -> Dataset:
+    rows = tokenizer(SENTENCES)  # unpadded: lengths differ, so padding must be handled
+    labels = [i % len(LABELS) for i in range(len(SENTENCES))]
+    return Dataset.from_dict(
+        {"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"], "labels": labels}
+    )
+
+
+def trainer_for(tokenizer, tmp_path, *, cache: bool) -> DistillationTrainer:
+    args = ClassificationTrainingArguments(output_dir=str(tmp_path), eval_strategy="no", use_cpu=True)
+    return DistillationTrainer(
+        model=quiet_bert(tokenizer, hidden=16, layers=2, seed=1),
+        args=args,
+        train_dataset=encoded(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        teacher=quiet_bert(tokenizer),
+        distill_args=DistillArguments(alpha_task=0.5, alpha_kd=1.0, alpha_hidden=1.0, cache_teacher=cache),
+        layer_pairs=PAIRS,
+    )
+
+
+def test_cache_stores_real_tokens_of_the_mapped_layers(tokenizer, tmp_path):
+    trainer = trainer_for(tokenizer, tmp_path, cache=True)
+    cache = trainer.teacher_cache
+    assert cache.layers == (0, 2, 4)
+    real = sum(len(tokenizer(s)["input_ids"]) for s in SENTENCES)
+    ids = torch.arange(len(SENTENCES))
+    assert cache.num_tokens(ids) == real
+    assert cache.hidden_rows(4, ids).shape == (real, 32)
+    with torch.no_grad():
+        enc = tokenizer(SENTENCES[3:4], return_tensors="pt")
+        live = trainer.teacher(**enc, output_hidden_states=True)
+    torch.testing.assert_close(cache.logits(torch.tensor([3])), live.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        cache.hidden_rows(2, torch.tensor([3])), live.hidden_states[2][0], atol=2e-3, rtol=2e-3
+    )
+    assert TeacherCache.estimate_bytes(real, len(SENTENCES), 32, 3, 3) == cache.nbytes
+
+
+def test_cached_loss_equals_live_loss(tokenizer, tmp_path):
+    cached, live = trainer_for(tokenizer, tmp_path, cache=True), trainer_for(tokenizer, tmp_path, cache=False)
+    rows = [cached.train_dataset[i] for i in (7, 2, 5, 0)]  # a shuffled batch
+    batch = DataCollatorWithPadding(tokenizer)(rows)
+    assert batch[EXAMPLE_ID].tolist() == [7, 2, 5, 0]
+    cached.model.train()
+    live.model.train()
+    loss_cached = cached.compute_loss(cached.model, dict(batch))
+    loss_live = live.compute_loss(live.model, {k: v for k, v in batch.items() if k != EXAMPLE_ID})
+    torch.testing.assert_close(loss_cached, loss_live, atol=1e-3, rtol=1e-3)
+    loss_cached.backward()
+    assert all(p.grad is None for p in cached.teacher.parameters())
+
+
+def test_cache_too_large_is_refused(tokenizer, tmp_path):
+    args = ClassificationTrainingArguments(output_dir=str(tmp_path), eval_strategy="no", use_cpu=True)
+    with pytest.raises(ValueError, match="--cache_teacher_max_gb"):
+        DistillationTrainer(
+            model=quiet_bert(tokenizer, hidden=16, layers=2, seed=1),
+            args=args,
+            train_dataset=encoded(tokenizer),
+            data_collator=DataCollatorWithPadding(tokenizer),
+            teacher=quiet_bert(tokenizer),
+            distill_args=DistillArguments(cache_teacher=True, cache_teacher_max_gb=1e-9),
+            layer_pairs=PAIRS,
+        )
