@@ -107,7 +107,7 @@ def test_evaluate_prints_both_models(finetuned, data, tmp_path, capsys):
     assert evaluate_main(argv) == 0
     printed = capsys.readouterr().out
     lines = [line for line in printed.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| model | parameters | compression | accuracy | macro-F1 | Matthews")
+    assert lines[0].startswith("| model | parameters | compression | accuracy | accuracy vs first | macro-F1")
     assert "ex/s (batch 1)" in lines[0] and "ex/s (batch 32)" in lines[0]
     assert lines[1].startswith("| teacher |") and lines[2].startswith("| student |")
     assert "1.00×" in lines[1] and "torch threads" in printed
@@ -162,7 +162,7 @@ def test_results_table_is_relative_to_the_first_row():
         },
     ]
     table = results_table(rows)
-    assert "| small | 100 | 4.00× | 0.8000 | 30.0 | 350.0 | 3.50× |" in table
+    assert "| small | 100 | 4.00× | 0.8000 | 88.9% | 30.0 | 350.0 | 3.50× |" in table
 
 
 def test_evaluate_reports_a_missing_split(finetuned, data, capsys):

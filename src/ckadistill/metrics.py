@@ -142,6 +142,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("parameters", "parameters", "{:,}"),
     ("compression", "compression", "{:.2f}×"),
     ("accuracy", "accuracy", "{:.4f}"),
+    ("relative_accuracy", "accuracy vs first", "{:.1%}"),
     ("macro_f1", "macro-F1", "{:.4f}"),
     ("matthews", "Matthews", "{:.4f}"),
     ("pearson", "Pearson", "{:.4f}"),
@@ -163,6 +164,7 @@ def results_table(rows: Sequence[dict]) -> str:
             **row,
             "compression": ref["parameters"] / row["parameters"],
             "speedup_bs32": row["examples_per_second_bs32"] / ref["examples_per_second_bs32"],
+            "relative_accuracy": row["accuracy"] / ref["accuracy"] if ref.get("accuracy") else None,
         }
         for row in rows
     ]

@@ -1,4 +1,4 @@
-"""Report pieces for a distillation run: a results table in Markdown and loss curves as a PNG."""
+"""Report pieces for a distillation run: loss curves as a PNG (the results table is `metrics.results_table`)."""
 
 from __future__ import annotations
 
@@ -7,46 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
-
-# Columns of the results table: (row key, header, format). Missing values print as "-".
-RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("name", "model", "{}"),
-    ("parameters", "parameters", "{:,}"),
-    ("compression", "compression", "{:.1f}×"),
-    ("accuracy", "accuracy", "{:.2%}"),
-    ("macro_f1", "macro-F1", "{:.4f}"),
-    ("relative_accuracy", "acc. vs teacher", "{:.1%}"),
-    ("examples_per_second_bs1", "ex/s (batch 1)", "{:.1f}"),
-    ("examples_per_second_bs32", "ex/s (batch 32)", "{:.1f}"),
-    ("speedup_bs32", "speed-up (batch 32)", "{:.2f}×"),
-)
-
-
-def compare_to_reference(rows: Sequence[dict], reference: int = 0) -> list[dict]:
-    """Add compression, accuracy and speed-up relative to `rows[reference]` (the teacher) to each row."""
-    ref = rows[reference]
-    out = []
-    for row in rows:
-        row = dict(row)
-        if ref.get("parameters") and row.get("parameters"):
-            row["compression"] = ref["parameters"] / row["parameters"]
-        if ref.get("accuracy") and row.get("accuracy") is not None:
-            row["relative_accuracy"] = row["accuracy"] / ref["accuracy"]
-        if ref.get("examples_per_second_bs32") and row.get("examples_per_second_bs32"):
-            row["speedup_bs32"] = row["examples_per_second_bs32"] / ref["examples_per_second_bs32"]
-        out.append(row)
-    return out
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]] = RESULT_COLUMNS) -> str:
-    """A Markdown table with one row per model; only columns that some row fills are shown."""
-    columns = [c for c in columns if any(row.get(c[0]) is not None for row in rows)]
-    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |"]
-    lines.append("|" + "|".join("---" if key == "name" else "---:" for key, _, _ in columns) + "|")
-    for row in rows:
-        cells = [fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def plot_loss_curves(
