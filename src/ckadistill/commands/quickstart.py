@@ -1,21 +1,24 @@
-"""Placeholder for the offline default job; replaced by the full BBC News distillation."""
+"""`ckadistill quickstart [--flag value ...]`: the offline default job (see `ckadistill.quickstart`)."""
 
 from __future__ import annotations
 
-import argparse
+import logging
+import sys
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ckadistill quickstart")
-    parser.add_argument("--output_dir", default="outputs/quickstart")
-    parser.parse_args(argv)
-    import torch
+    from transformers import HfArgumentParser
 
-    from ckadistill.losses import linear_cka
+    from ckadistill.quickstart import QuickstartArguments, run_quickstart
 
-    torch.manual_seed(0)
-    x = torch.randn(512, 64)
-    for noise in (0.0, 0.5, 2.0):
-        y = x @ torch.linalg.qr(torch.randn(64, 64))[0] + noise * torch.randn(512, 64)
-        print(f"noise {noise:.1f}: CKA(x, rotated x + noise) = {linear_cka(x, y).item():.3f}")
+    parser = HfArgumentParser(QuickstartArguments, prog="ckadistill quickstart")
+    parser.description = "Fine-tune MiniLM on BBC News, distil it into a small student with CKA, report."
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        print(f"ckadistill quickstart: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ckadistill").setLevel(logging.INFO)
+    run_quickstart(args)
     return 0

