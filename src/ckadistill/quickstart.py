@@ -39,7 +39,7 @@ class QuickstartArguments:
         metadata={"help": "Folder of cached teachers (default: $CKADISTILL_CACHE or ~/.cache/ckadistill)."},
     )
     max_length: int = field(default=256, metadata={"help": "Tokens kept per article (teacher and student)."})
-    teacher_epochs: float = field(default=2.0, metadata={"help": "Fine-tuning epochs of the MiniLM teacher."})
+    teacher_epochs: float = field(default=3.0, metadata={"help": "Fine-tuning epochs of the MiniLM teacher."})
     teacher_learning_rate: float = field(
         default=1e-4, metadata={"help": "Peak learning rate of the teacher."}
     )
