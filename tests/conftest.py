@@ -61,3 +61,14 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def sentences():
     return list(SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and much faster when other work shares the CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ from ckadistill.trainer import DistillationTrainer
 from conftest import SENTENCES
 from test_trainer import LABELS, PAIRS, quiet_bert
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def encoded(tokenizer) -> Dataset:

@@ -18,12 +18,7 @@ LABELS = ["a", "b", "c"]
 PAIRS = [(0, 0), (1, 2), (2, 4)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- pure loss pieces ---------------------------------------------------------------------------
