@@ -163,8 +163,8 @@ def main() -> None:
     if "low" in args.regimes:
         teachers["low"] = low_label_teacher(splits, default_cache_dir(), args.low_teacher_epochs)
 
-    for regime in args.regimes:
-        for seed in args.seeds:  # seeds outermost: a partial run still covers every cell
+    for seed in args.seeds:  # seeds outermost: a partial run still covers every cell
+        for regime in args.regimes:
             for init in args.inits:
                 for loss in args.losses:
                     key = (regime, init, loss, seed)
