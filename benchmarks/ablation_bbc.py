@@ -10,7 +10,8 @@ Grid: hidden loss in {none, mse_proj, cka} × student init in {random, slice} (p
 
 Every student: 2 layers × 128 wide (5.2× smaller than the teacher), CE + KL + Σ_pairs hidden loss
 (weight 1, summed over the uniform map 0:0,1:3,2:6), teacher outputs cached. Results are appended to
-OUTPUT/results.jsonl as each run ends, so an interrupted ablation resumes where it stopped.
+benchmarks/results/ablation_bbc.jsonl (kept in the repository) as each run ends, so an interrupted
+ablation resumes where it stopped.
 
     python benchmarks/ablation_bbc.py                       # the full grid (hours on 2 CPU cores)
     python benchmarks/ablation_bbc.py --seeds 0 --regimes low --epochs 2   # a quick look
@@ -137,7 +138,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output_dir", default="outputs/ablation")
+    parser.add_argument("--output_dir", default="outputs/ablation", help="Data splits and per-run students.")
+    parser.add_argument(
+        "--results",
+        default=str(Path(__file__).parent / "results" / "ablation_bbc.jsonl"),
+        help="One JSON line per finished run; runs already in it are skipped (resume).",
+    )
     parser.add_argument("--regimes", nargs="+", default=["full", "low"], choices=["full", "low"])
     parser.add_argument("--inits", nargs="+", default=["random", "slice"], choices=["random", "slice", "pca"])
     parser.add_argument(
@@ -148,13 +154,21 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--low_teacher_epochs", type=float, default=10.0)
+    parser.add_argument(
+        "--table_only", action="store_true", help="Print the table of --results; train nothing."
+    )
     args = parser.parse_args()
+    if args.table_only:
+        with Path(args.results).open() as f:
+            print(summarise([json.loads(line) for line in f]))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.WARNING)
 
     out = Path(args.output_dir)
     splits = write_splits(out / "data", seed=0)
-    results_file = out / "results.jsonl"
+    results_file = Path(args.results)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
     results = [json.loads(line) for line in results_file.open()] if results_file.exists() else []
     done = {(r["regime"], r["init"], r["loss"], r["seed"]) for r in results}
     teachers = {}
