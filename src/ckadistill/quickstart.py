@@ -203,16 +203,12 @@ def cka_heatmap(teacher: Path, student: Path, texts: list[str], report_dir: Path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
+    from ckadistill.commands.cka_map import make_batches
 
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    batches = [
-        dict(
-            tokenizer(
-                texts[i : i + 16], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            )
-        )
-        for i in range(0, len(texts), 16)
-    ]
+    batches = make_batches(
+        tokenizer, texts, None, encoder_decoder=False, batch_size=16, max_length=max_length
+    )
     load = AutoModelForSequenceClassification.from_pretrained
     matrix = layer_cka_matrix(load(teacher), load(student), batches)
     pairs = json.loads((student / "layer_map.json").read_text())["pairs"]
@@ -262,6 +258,7 @@ def run_quickstart(args: QuickstartArguments) -> dict:
     """Run every phase; returns the evaluation rows (teacher first) and the report's path."""
     from ckadistill.bbc import write_splits
     from ckadistill.classification import evaluate_models
+    from ckadistill.commands.cka_map import read_texts
     from ckadistill.metrics import results_table
     from ckadistill.report import plot_loss_curves
 
@@ -298,19 +295,10 @@ def run_quickstart(args: QuickstartArguments) -> dict:
     logger.info("[5/5] report")
     history = json.loads((student / "trainer_state.json").read_text())["log_history"]
     plot_loss_curves(history, report_dir / "loss_curves.png", title="Student distillation losses")
-    texts = [row["text"] for row in evaluate_texts(splits["test"], args.max_eval_samples or 128)]
+    texts, _ = read_texts(splits["test"], "text", max_samples=args.max_eval_samples or 128)
     cka_heatmap(teacher, student, texts, report_dir, min(args.max_length, 128))
     timings["total"] = time.perf_counter() - start
     report = write_report(report_dir, table, args, teacher, timings)
     (report_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print(f"\n{table}\n\nReport: {report}\nStudent: {student}")
     return {"rows": rows, "report": str(report), "student": str(student), "teacher": str(teacher)}
-
-
-def evaluate_texts(path: Path, count: int) -> list[dict[str, str]]:
-    """The first `count` rows of a split CSV."""
-    import csv
-    from itertools import islice
-
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(islice(csv.DictReader(f), count))
