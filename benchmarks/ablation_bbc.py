@@ -8,8 +8,10 @@ Grid: hidden loss in {none, mse_proj, cka} × student init in {random, slice} (p
         only; the student trains on all training text, the other 90% supervised only by the teacher
         (logits, and hidden states where a hidden loss is on).
 
-Every student: 2 layers × 128 wide (5.2× smaller than the teacher), CE + KL + Σ_pairs hidden loss
-(weight 1, summed over the uniform map 0:0,1:3,2:6), teacher outputs cached. Results are appended to
+Every student: 2 layers × 128 wide (5.2× smaller than the teacher), CE + KL + hidden loss over the
+uniform map 0:0,1:3,2:6, teacher outputs cached. The hidden term is the paper's (weight 1 per pair,
+summed) unless --alpha_hidden / --hidden_reduction / --hidden_schedule say otherwise; each run records
+its recipe ("1·sum" for the paper's), and the table keeps recipes and settings apart. Results are appended to
 benchmarks/results/ablation_bbc.jsonl (kept in the repository) as each run ends, so an interrupted
 ablation resumes where it stopped.
 
@@ -85,9 +87,11 @@ def run_one(teacher: Path, splits, out: Path, *, regime: str, init: str, loss: s
         data_args(splits, args.max_length, fraction),
         DistillArguments(
             hidden_loss=loss,
-            alpha_hidden=0.0 if loss == "none" else 1.0,
-            hidden_reduction="sum",
-            layer_map="uniform",
+            alpha_hidden=0.0 if loss == "none" else args.alpha_hidden,
+            hidden_reduction=args.hidden_reduction,
+            hidden_schedule=args.hidden_schedule,
+            hidden_level=args.hidden_level,
+            layer_map=args.layer_map,
             cache_teacher=True,
         ),
         ClassificationTrainingArguments(
@@ -106,16 +110,31 @@ def run_one(teacher: Path, splits, out: Path, *, regime: str, init: str, loss: s
     return {
         "accuracy": metrics["test_accuracy"],
         "macro_f1": metrics["test_macro_f1"],
+        "validation_accuracy": metrics["eval_accuracy"],  # recipes are chosen on these, not on test
+        "validation_macro_f1": metrics["eval_macro_f1"],
         "teacher_accuracy": metrics["teacher_test_accuracy"],
         "teacher_macro_f1": metrics["teacher_test_macro_f1"],
     }
 
 
+def recipe(alpha_hidden: float, reduction: str, schedule: str, level: str, layer_map: str) -> str:
+    """Short name of a hidden-term recipe, e.g. '1·sum' (the paper's) or '0.1·mean·seq·decay·last'."""
+    name = f"{alpha_hidden:g}·{reduction}" + ("·seq" if level == "sequence" else "")
+    name += "·decay" if schedule == "linear_decay" else ""
+    return name if layer_map == "uniform" else f"{name}·{layer_map}"
+
+
+def run_key(r: dict) -> tuple:
+    """What identifies a run; records written before recipes were recorded used the paper's."""
+    hidden = "—" if r["loss"] == "none" else r.get("recipe", "1·sum")
+    return (r["regime"], r["init"], r["loss"], hidden, r["max_length"], r["epochs"], r["seed"])
+
+
 def summarise(results: list[dict]) -> str:
-    """Markdown table: mean ± sample std over seeds per (regime, init, loss)."""
+    """Markdown table: mean ± sample std over seeds per (regime, init, loss, recipe, settings)."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["regime"], r["init"], r["loss"]), []).append(r)
+        groups.setdefault(run_key(r)[:-1], []).append(r)
 
     def fmt(values: list[float]) -> str:
         mean = statistics.fmean(values)
@@ -123,12 +142,14 @@ def summarise(results: list[dict]) -> str:
         return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
     lines = [
-        "| regime | init | hidden loss | test accuracy (%) | test macro-F1 (%) | seeds | teacher accuracy (%) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| regime | init | hidden loss | weight·reduction | tokens | epochs | test accuracy (%) "
+        "| test macro-F1 (%) | seeds | teacher accuracy (%) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for (regime, init, loss), runs in sorted(groups.items()):
+    for (regime, init, loss, hidden, max_length, epochs), runs in sorted(groups.items()):
         lines.append(
-            f"| {regime} | {init} | {loss} | {fmt([r['accuracy'] for r in runs])} | "
+            f"| {regime} | {init} | {loss} | {hidden} | {max_length} | {epochs:g} | "
+            f"{fmt([r['accuracy'] for r in runs])} | "
             f"{fmt([r['macro_f1'] for r in runs])} | {len(runs)} | {100 * runs[0]['teacher_accuracy']:.2f} |"
         )
     return "\n".join(lines)
@@ -154,6 +175,12 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--low_teacher_epochs", type=float, default=10.0)
+    parser.add_argument("--alpha_hidden", type=float, default=1.0, help="Weight of the hidden term.")
+    parser.add_argument("--hidden_reduction", default="sum", choices=["sum", "mean"])
+    parser.add_argument("--hidden_schedule", default="constant", choices=["constant", "linear_decay"])
+    parser.add_argument(
+        "--layer_map", default="uniform", help="Pairs of the hidden term (see `ckadistill distill`)."
+    )
     parser.add_argument(
         "--table_only", action="store_true", help="Print the table of --results; train nothing."
     )
@@ -170,7 +197,10 @@ def main() -> None:
     results_file = Path(args.results)
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results = [json.loads(line) for line in results_file.open()] if results_file.exists() else []
-    done = {(r["regime"], r["init"], r["loss"], r["seed"]) for r in results}
+    done = {run_key(r) for r in results}
+    hidden_recipe = recipe(
+        args.alpha_hidden, args.hidden_reduction, args.hidden_schedule, args.hidden_level, args.layer_map
+    )
     teachers = {}
     if "full" in args.regimes:
         teachers["full"] = train_teacher(QuickstartArguments(), splits)
@@ -181,11 +211,13 @@ def main() -> None:
         for regime in args.regimes:
             for init in args.inits:
                 for loss in args.losses:
-                    key = (regime, init, loss, seed)
+                    record = {"regime": regime, "init": init, "loss": loss, "seed": seed}
+                    record.update(recipe=hidden_recipe, max_length=args.max_length, epochs=args.epochs)
+                    key = run_key(record)
                     if key in done:
                         continue
                     start = time.perf_counter()
-                    run_dir = out / "runs" / f"{regime}-{init}-{loss}-s{seed}"
+                    run_dir = out / "runs" / "-".join(str(part) for part in key)
                     scores = run_one(
                         teachers[regime],
                         splits,
@@ -196,12 +228,7 @@ def main() -> None:
                         seed=seed,
                         args=args,
                     )
-                    record = {"regime": regime, "init": init, "loss": loss, "seed": seed, **scores}
-                    record.update(
-                        minutes=(time.perf_counter() - start) / 60,
-                        epochs=args.epochs,
-                        max_length=args.max_length,
-                    )
+                    record.update(scores, minutes=(time.perf_counter() - start) / 60)
                     with results_file.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     results.append(record)

@@ -18,7 +18,9 @@ from ckadistill.losses import (
     gram_cka,
     kl_logits_loss,
     linear_cka,
+    mean_pool,
     projected_mse_loss,
+    select_tokens,
 )
 
 F64 = torch.float64
@@ -147,6 +149,21 @@ def test_masked_call_equals_call_on_kept_rows():
     x_noisy = torch.where(mask.bool()[..., None], x, 1e4 * torch.randn_like(x))
     assert linear_cka(x_noisy, y, mask).item() == pytest.approx(linear_cka(kept_x, kept_y).item(), abs=1e-7)
     assert gram_cka(x, y, mask).item() == pytest.approx(gram_cka(kept_x, kept_y).item(), abs=1e-12)
+
+
+def test_mean_pool_averages_real_tokens_in_both_layouts():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(3, 5, 4, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    expected = torch.stack([h[0].mean(0), h[1, :2].mean(0), h[2, 0]])  # (3, 4)
+    torch.testing.assert_close(mean_pool(h, mask), expected)
+    rows, lengths = select_tokens(h, mask), mask.sum(dim=1)  # (8, 4), the layout of cached teacher rows
+    torch.testing.assert_close(mean_pool(rows, lengths=lengths), expected)
+    torch.testing.assert_close(mean_pool(h), h.mean(dim=1))
+    with pytest.raises(ValueError, match="lengths sum to 7"):
+        mean_pool(rows, lengths=torch.tensor([5, 1, 1]))
+    with pytest.raises(ValueError, match="rows with lengths"):
+        mean_pool(rows)
 
 
 def test_gradcheck_linear_cka():

@@ -24,7 +24,7 @@ def encoded(tokenizer) -> Dataset:
     )
 
 
-def trainer_for(tokenizer, tmp_path, *, cache: bool) -> DistillationTrainer:
+def trainer_for(tokenizer, tmp_path, *, cache: bool, level: str = "token") -> DistillationTrainer:
     args = ClassificationTrainingArguments(output_dir=str(tmp_path), eval_strategy="no", use_cpu=True)
     return DistillationTrainer(
         model=quiet_bert(tokenizer, hidden=16, layers=2, seed=1),
@@ -32,7 +32,9 @@ def trainer_for(tokenizer, tmp_path, *, cache: bool) -> DistillationTrainer:
         train_dataset=encoded(tokenizer),
         data_collator=DataCollatorWithPadding(tokenizer),
         teacher=quiet_bert(tokenizer),
-        distill_args=DistillArguments(alpha_task=0.5, alpha_kd=1.0, alpha_hidden=1.0, cache_teacher=cache),
+        distill_args=DistillArguments(
+            alpha_task=0.5, alpha_kd=1.0, alpha_hidden=1.0, cache_teacher=cache, hidden_level=level
+        ),
         layer_pairs=PAIRS,
     )
 
@@ -55,8 +57,10 @@ def test_cache_stores_real_tokens_of_the_mapped_layers(tokenizer, tmp_path):
     assert TeacherCache.estimate_bytes(real, len(SENTENCES), 32, 3, 3) == cache.nbytes
 
 
-def test_cached_loss_equals_live_loss(tokenizer, tmp_path):
-    cached, live = trainer_for(tokenizer, tmp_path, cache=True), trainer_for(tokenizer, tmp_path, cache=False)
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_cached_loss_equals_live_loss(tokenizer, tmp_path, level):
+    cached = trainer_for(tokenizer, tmp_path, cache=True, level=level)
+    live = trainer_for(tokenizer, tmp_path, cache=False, level=level)
     rows = [cached.train_dataset[i] for i in (7, 2, 5, 0)]  # a shuffled batch
     batch = DataCollatorWithPadding(tokenizer)(rows)
     assert batch[EXAMPLE_ID].tolist() == [7, 2, 5, 0]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ckadistill.config import ClassificationTrainingArguments, DistillArguments
-from ckadistill.losses import kl_logits_loss, linear_cka
+from ckadistill.losses import kl_logits_loss, linear_cka, mean_pool
 from ckadistill.trainer import DistillationTrainer, logit_distillation_loss, task_loss
 from conftest import SENTENCES
 from test_distill_cli import tiny_bert
@@ -110,6 +110,36 @@ def test_loss_is_the_weighted_sum_of_independent_terms(tokenizer, tmp_path):
     )
     torch.testing.assert_close(loss, expected)
     assert set(outputs.keys()) == {"loss", "logits"}  # no hidden states leak into predictions
+
+
+def test_sequence_level_compares_mean_pooled_states(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0, hidden_level="sequence")
+    trainer.model.eval()
+    inputs = batch(tokenizer)
+    loss = trainer.compute_loss(trainer.model, inputs)
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    mask = inputs["attention_mask"]
+    with torch.no_grad():
+        s = trainer.model(**features, output_hidden_states=True).hidden_states
+        t = trainer.teacher(**features, output_hidden_states=True).hidden_states
+    pooled = [(mean_pool(s[i], mask), mean_pool(t[j], mask)) for i, j in PAIRS]  # (4, d) each
+    torch.testing.assert_close(loss, sum(1 - linear_cka(x, y) for x, y in pooled))
+    token_level = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0)
+    token_level.model.eval()
+    assert abs(float(token_level.compute_loss(token_level.model, inputs)) - float(loss)) > 1e-3
+
+
+def test_linear_decay_schedule_scales_the_hidden_term(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0, hidden_schedule="linear_decay")
+    trainer.model.eval()
+    trainer.state.max_steps = 8
+    losses = {}
+    for step in (0, 2, 8):
+        trainer.state.global_step = step
+        losses[step] = trainer.compute_loss(trainer.model, batch(tokenizer))
+    assert float(losses[0]) > 0
+    torch.testing.assert_close(losses[2], 0.75 * losses[0])
+    assert float(losses[8]) == 0.0
 
 
 @pytest.mark.parametrize("cka_sqrt", [False, True])

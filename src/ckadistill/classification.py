@@ -249,6 +249,8 @@ def _distillation_summary(distill_args: DistillArguments, pairs: Sequence[tuple[
         "hidden loss": distill_args.hidden_loss + (" (1 - sqrt(CKA))" if distill_args.cka_sqrt else ""),
         "layer map (student:teacher)": f"{distill_args.layer_map} -> {format_layer_map(list(pairs))}",
         "pair reduction": distill_args.hidden_reduction,
+        "hidden level": distill_args.hidden_level,
+        "hidden weight schedule": distill_args.hidden_schedule,
         "reverse KL": distill_args.kd_reverse,
     }
 

@@ -225,6 +225,20 @@ class DistillArguments:
         default="sum",
         metadata={"help": "Combine the per-pair losses by 'sum' (the paper: weight 1 per pair) or 'mean'."},
     )
+    hidden_level: Literal["token", "sequence"] = field(
+        default="token",
+        metadata={
+            "help": "Compare hidden states per 'token' (every real token of the batch is a row; the paper) or "
+            "per 'sequence' (each example's mean over its real tokens is a row)."
+        },
+    )
+    hidden_schedule: Literal["constant", "linear_decay"] = field(
+        default="constant",
+        metadata={
+            "help": "Weight of the hidden term over training: 'constant' (--alpha_hidden throughout) or "
+            "'linear_decay' (from --alpha_hidden at the first step to 0 at the last)."
+        },
+    )
     cka_sqrt: bool = field(
         default=False,
         metadata={
@@ -259,6 +273,12 @@ class DistillArguments:
             )
         if self.hidden_reduction not in ("sum", "mean"):
             raise ValueError(f"--hidden_reduction must be 'sum' or 'mean', got {self.hidden_reduction!r}")
+        if self.hidden_level not in ("token", "sequence"):
+            raise ValueError(f"--hidden_level must be 'token' or 'sequence', got {self.hidden_level!r}")
+        if self.hidden_schedule not in ("constant", "linear_decay"):
+            raise ValueError(
+                f"--hidden_schedule must be 'constant' or 'linear_decay', got {self.hidden_schedule!r}"
+            )
         no_pairs = self.layer_map.strip().lower() == "none"
         if self.hidden_loss != "none" and no_pairs and self.alpha_hidden > 0:
             raise ValueError(

@@ -4,7 +4,7 @@ No trainer, config or I/O in here: every function takes tensors (and optional ma
 0-dim tensor, so each can be tested against an independent reference. Every loss upcasts its inputs
 (fp32 by default) before any product, so bf16/fp16 activations under autocast are safe.
 
-Contents, top to bottom: token selection; CKA in its feature-space form (the training loss) and in
+Contents, top to bottom: token selection and pooling; CKA in its feature-space form (the training loss) and in
 its Gram-matrix form (analysis and cross-checks, with RBF and unbiased variants); the baselines used in
 ablations (DistilBERT cosine, TinyBERT projected MSE, KL on logits).
 """
@@ -39,6 +39,34 @@ def select_tokens(h: Tensor, mask: Tensor | None = None, *, name: str = "h") -> 
     if mask.numel() != h.shape[0]:
         raise ValueError(f"mask has {mask.numel()} entries but {name} has {h.shape[0]} token rows")
     return h[mask.reshape(-1).bool()]  # (n, d)
+
+
+def mean_pool(h: Tensor, mask: Tensor | None = None, *, lengths: Tensor | None = None) -> Tensor:
+    """One row per example: the mean of its real tokens.
+
+    Args:
+        h: `(B, T, d)` hidden states with a `(B, T)` mask (all tokens when None), or `(n, d)` token rows
+            in batch-major order (as `select_tokens` returns them) with `lengths`.
+        lengths: `(B,)` real-token count of each example, summing to n; only with 2-D `h`.
+
+    Returns:
+        `(B, d)` in `h`'s dtype.
+    """
+    if h.dim() == 3:
+        if mask is None:
+            return h.mean(dim=1)
+        weights = mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+    if h.dim() != 2 or lengths is None:
+        raise ValueError(
+            f"mean_pool takes (B, T, d) with a mask, or (n, d) rows with lengths; got {tuple(h.shape)}"
+        )
+    lengths = lengths.to(device=h.device, dtype=torch.long)
+    if int(lengths.sum()) != h.shape[0]:
+        raise ValueError(f"lengths sum to {int(lengths.sum())} but there are {h.shape[0]} token rows")
+    example = torch.repeat_interleave(torch.arange(lengths.numel(), device=h.device), lengths)  # (n,)
+    sums = h.new_zeros(lengths.numel(), h.shape[1]).index_add_(0, example, h)  # (B, d)
+    return sums / lengths.clamp_min(1).unsqueeze(-1).to(h.dtype)
 
 
 def _paired_rows(

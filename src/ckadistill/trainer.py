@@ -6,8 +6,8 @@
   gives exactly 0), or MSE for regression (`num_labels == 1`).
 - KD: `KL(p_teacher || p_student)` at temperature T, times T² (MSE between outputs for regression).
 - hidden: one term per `(student, teacher)` pair of `hidden_states` indices, over the real tokens
-  of the batch (`attention_mask`): `1 - CKA` (default), cosine, projected MSE; summed (the paper) or
-  averaged over pairs.
+  of the batch (`attention_mask`), or over the examples' mean-pooled states (`hidden_level sequence`): `1 - CKA` (default), cosine, projected MSE; summed (the paper) or
+  averaged over pairs; its weight is constant or decays linearly to 0 over training (`hidden_schedule`).
 
 The teacher is a plain attribute: frozen, in eval mode, run under `no_grad`, on the student's
 device, and never handed to `accelerator.prepare`, so data-parallel wrappers only ever see the
@@ -38,6 +38,7 @@ from ckadistill.losses import (
     cosine_hidden_loss,
     kl_logits_loss,
     linear_cka,
+    mean_pool,
     projected_mse_loss,
     select_tokens,
 )
@@ -217,21 +218,30 @@ class DistillationTrainer(Trainer):
             mask = inputs.get("attention_mask")
             if mask is None:
                 mask = torch.ones(inputs["input_ids"].shape, device=logits.device)  # (B, T)
+            sequence_level = args.hidden_level == "sequence"
             if cached:  # real-token rows of both sides, in the same batch-major order
                 states = [
                     (select_tokens(outputs.hidden_states[s], mask), self._cached_rows(t, example_ids, mask))
                     for s, t in self.layer_pairs
                 ]
+                if sequence_level:
+                    lengths = mask.bool().sum(dim=1)  # (B,)
+                    states = [
+                        (mean_pool(x, lengths=lengths), mean_pool(y, lengths=lengths)) for x, y in states
+                    ]
                 mask = None
             else:
                 states = [
                     (outputs.hidden_states[s], teacher_out.hidden_states[t]) for s, t in self.layer_pairs
                 ]
+                if sequence_level:
+                    states = [(mean_pool(x, mask), mean_pool(y, mask)) for x, y in states]
+                    mask = None
             pair_losses, ckas = self._hidden_terms(states, mask)
             if pair_losses:
                 stacked = torch.stack(pair_losses)  # (P,)
                 hidden = stacked.sum() if args.hidden_reduction == "sum" else stacked.mean()
-                weighted["hidden"] = (args.alpha_hidden, hidden)
+                weighted["hidden"] = (args.alpha_hidden * self._hidden_schedule_factor(), hidden)
 
         loss = sum(weight * term for weight, term in weighted.values())
         if not isinstance(loss, Tensor):  # every weighted term was off for this batch
@@ -244,6 +254,12 @@ class DistillationTrainer(Trainer):
             # Only the logits: hidden states would otherwise be gathered as predictions during evaluation.
             return loss, SequenceClassifierOutput(loss=loss, logits=logits)
         return loss
+
+    def _hidden_schedule_factor(self) -> float:
+        """1 throughout for 'constant'; 1 → 0 linearly over the optimiser steps for 'linear_decay'."""
+        if self.distill_args.hidden_schedule == "constant" or not self.state.max_steps:
+            return 1.0
+        return max(0.0, 1.0 - self.state.global_step / self.state.max_steps)
 
     def _cached_rows(self, layer: int, example_ids: Tensor, mask: Tensor) -> Tensor:
         """`(n, d_t)` cached teacher rows of a batch, checked against the batch's real-token count."""
