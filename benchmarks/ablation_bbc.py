@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--alpha_hidden", type=float, default=1.0, help="Weight of the hidden term.")
     parser.add_argument("--hidden_reduction", default="sum", choices=["sum", "mean"])
     parser.add_argument("--hidden_schedule", default="constant", choices=["constant", "linear_decay"])
+    parser.add_argument("--hidden_level", default="token", choices=["token", "sequence"])
     parser.add_argument(
         "--layer_map", default="uniform", help="Pairs of the hidden term (see `ckadistill distill`)."
     )

@@ -41,8 +41,9 @@ _DISTILBART_SUPERVISE: dict[int, dict[int, tuple[int, ...]]] = {
 }
 
 
-def _evenly_spaced(num_student_layers: int, num_teacher_layers: int) -> list[tuple[int, int]]:
-    """Student layer `i` (1..L_s) -> teacher layer `round(i·L_t/L_s)`, halves rounded up.
+def evenly_spaced(num_student_layers: int, num_teacher_layers: int) -> list[tuple[int, int]]:
+    """Student layer `i` (1..L_s) -> teacher layer `round(i·L_t/L_s)`, halves rounded up (1-based; also
+    the layers the `slice` initialisation copies).
 
     Integer arithmetic keeps it exact; with `L_t >= L_s` consecutive teacher indices differ by at
     least 1, so the result is strictly increasing and ends at `(L_s, L_t)`.
@@ -81,7 +82,7 @@ def _distilbart(num_student_layers: int, num_teacher_layers: int) -> list[tuple[
         n_s,
         n_t,
     )
-    return _evenly_spaced(n_s, n_t)
+    return evenly_spaced(n_s, n_t)
 
 
 def _parse_pairs(spec: str) -> list[tuple[int, int]]:
@@ -152,7 +153,7 @@ def resolve_layer_map(spec: str, num_student_layers: int, num_teacher_layers: in
     if keyword == "uniform":
         _require_layers(keyword, num_student_layers, num_teacher_layers)
         _require_not_deeper(keyword, num_student_layers, num_teacher_layers)
-        return [(0, 0), *_evenly_spaced(num_student_layers, num_teacher_layers)]
+        return [(0, 0), *evenly_spaced(num_student_layers, num_teacher_layers)]
     if keyword == "distilbart":
         _require_layers(keyword, num_student_layers, num_teacher_layers)
         _require_not_deeper(keyword, num_student_layers, num_teacher_layers)

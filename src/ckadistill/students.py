@@ -28,6 +28,7 @@ from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ckadistill.families import A, D, Family, get_family
+from ckadistill.layer_maps import evenly_spaced
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def slice_layers(n_teacher: int, n_student: int) -> list[int]:
     `k = n_teacher / n_student`; halves round up, in integers, so the choices are distinct and the top
     student layer takes the top teacher layer.
     """
-    return [(2 * i * n_teacher + n_student) // (2 * n_student) - 1 for i in range(1, n_student + 1)]
+    return [t - 1 for _, t in evenly_spaced(n_student, n_teacher)]
 
 
 def copy_layers(n_teacher: int, n_student: int) -> list[int]:
