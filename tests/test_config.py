@@ -132,3 +132,8 @@ def test_saved_config_round_trips(tmp_path):
     assert again[:3] == parsed[:3]
     assert again[3].learning_rate == 3e-5 and again[3].report_to == parsed[3].report_to
     assert "hub_token" not in yaml.safe_load(saved.read_text())
+
+
+def test_pinned_memory_is_off_without_an_accelerator(tmp_path):
+    args = ClassificationTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert args.dataloader_pin_memory is False

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -327,6 +328,12 @@ class ClassificationTrainingArguments(TrainingArguments):
     report_to: str | None = field(
         default="none", metadata={"help": "Logging backends: 'none', 'tensorboard', 'wandb', ... or 'all'."}
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        # Pinned memory only speeds up copies to an accelerator; without one torch warns on every loader.
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False
 
 
 # ---------------------------------------------------------------------------------------------------
