@@ -1,6 +1,6 @@
 """Ablation on BBC News: which hidden-state loss and which initialisation help a small student?
 
-Grid: hidden loss in {none, mse_proj, cka} × student init in {random, slice} (plus pca with --inits)
+Grid: hidden loss in {none, mse_proj, cka} × student init in {random, slice, pca}
 × seeds, in two regimes:
 
 - full: every training row labelled; the teacher is the quickstart's MiniLM (all labels).
@@ -10,13 +10,16 @@ Grid: hidden loss in {none, mse_proj, cka} × student init in {random, slice} (p
 
 Every student: 2 layers × 128 wide (5.2× smaller than the teacher), CE + KL + hidden loss over the
 uniform map 0:0,1:3,2:6, teacher outputs cached. The hidden term is the paper's (weight 1 per pair,
-summed) unless --alpha_hidden / --hidden_reduction / --hidden_schedule say otherwise; each run records
-its recipe ("1·sum" for the paper's), and the table keeps recipes and settings apart. Results are appended to
+summed) unless --alpha_hidden / --hidden_reduction / --hidden_schedule / --hidden_level / --layer_map
+say otherwise; each run records its recipe ("1·sum" for the paper's, "0.1·mean·seq" and so on), and
+the table keeps recipes and settings apart. Results are appended to
 benchmarks/results/ablation_bbc.jsonl (kept in the repository) as each run ends, so an interrupted
 ablation resumes where it stopped.
 
-    python benchmarks/ablation_bbc.py                       # the full grid (hours on 2 CPU cores)
+    python benchmarks/ablation_bbc.py                       # the paper's recipe over the grid (hours)
+    python benchmarks/ablation_bbc.py --regimes low --losses cka mse_proj --alpha_hidden 0.1 --hidden_reduction mean
     python benchmarks/ablation_bbc.py --seeds 0 --regimes low --epochs 2   # a quick look
+    python benchmarks/ablation_bbc.py --table_only          # the table of every stored run
 """
 
 import argparse
@@ -138,8 +141,9 @@ def summarise(results: list[dict]) -> str:
 
     def fmt(values: list[float]) -> str:
         mean = statistics.fmean(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+        if len(values) == 1:
+            return f"{100 * mean:.2f}"  # one seed: no spread to show
+        return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
     lines = [
         "| regime | init | hidden loss | weight·reduction | tokens | epochs | test accuracy (%) "
@@ -166,7 +170,9 @@ def main() -> None:
         help="One JSON line per finished run; runs already in it are skipped (resume).",
     )
     parser.add_argument("--regimes", nargs="+", default=["full", "low"], choices=["full", "low"])
-    parser.add_argument("--inits", nargs="+", default=["random", "slice"], choices=["random", "slice", "pca"])
+    parser.add_argument(
+        "--inits", nargs="+", default=["random", "slice", "pca"], choices=["random", "slice", "pca"]
+    )
     parser.add_argument(
         "--losses", nargs="+", default=["none", "mse_proj", "cka"], choices=["none", "mse_proj", "cka"]
     )
