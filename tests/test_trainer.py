@@ -126,7 +126,7 @@ def test_sequence_level_compares_mean_pooled_states(tokenizer, tmp_path):
     torch.testing.assert_close(loss, sum(1 - linear_cka(x, y) for x, y in pooled))
     token_level = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0)
     token_level.model.eval()
-    assert abs(float(token_level.compute_loss(token_level.model, inputs)) - float(loss)) > 1e-3
+    assert abs(token_level.compute_loss(token_level.model, inputs).item() - loss.item()) > 1e-3
 
 
 def test_linear_decay_schedule_scales_the_hidden_term(tokenizer, tmp_path):
@@ -136,7 +136,7 @@ def test_linear_decay_schedule_scales_the_hidden_term(tokenizer, tmp_path):
     losses = {}
     for step in (0, 2, 8):
         trainer.state.global_step = step
-        losses[step] = trainer.compute_loss(trainer.model, batch(tokenizer))
+        losses[step] = trainer.compute_loss(trainer.model, batch(tokenizer)).detach()
     assert float(losses[0]) > 0
     torch.testing.assert_close(losses[2], 0.75 * losses[0])
     assert float(losses[8]) == 0.0
