@@ -4,9 +4,9 @@ No trainer, config or I/O in here: every function takes tensors (and optional ma
 0-dim tensor, so each can be tested against an independent reference. Every loss upcasts its inputs
 (fp32 by default) before any product, so bf16/fp16 activations under autocast are safe.
 
-Contents, top to bottom: token selection and pooling; CKA in its feature-space form (the training loss) and in
-its Gram-matrix form (analysis and cross-checks, with RBF and unbiased variants); the baselines used in
-ablations (DistilBERT cosine, TinyBERT projected MSE, KL on logits).
+Contents, top to bottom: token selection and pooling; CKA in its feature-space form (the training
+loss) and in its Gram-matrix form (analysis and cross-checks, with RBF and unbiased variants); the
+baselines used in ablations (DistilBERT cosine, TinyBERT projected MSE, KL on logits).
 """
 
 from __future__ import annotations

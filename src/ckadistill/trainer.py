@@ -6,8 +6,9 @@
   gives exactly 0), or MSE for regression (`num_labels == 1`).
 - KD: `KL(p_teacher || p_student)` at temperature T, times T² (MSE between outputs for regression).
 - hidden: one term per `(student, teacher)` pair of `hidden_states` indices, over the real tokens
-  of the batch (`attention_mask`), or over the examples' mean-pooled states (`hidden_level sequence`): `1 - CKA` (default), cosine, projected MSE; summed (the paper) or
-  averaged over pairs; its weight is constant or decays linearly to 0 over training (`hidden_schedule`).
+  of the batch (`attention_mask`) or over the examples' mean-pooled states (`hidden_level sequence`):
+  `1 - CKA` (default), cosine, projected MSE; summed (the paper) or averaged over pairs; its weight
+  is constant or decays linearly to 0 over training (`hidden_schedule`).
 
 The teacher is a plain attribute: frozen, in eval mode, run under `no_grad`, on the student's
 device, and never handed to `accelerator.prepare`, so data-parallel wrappers only ever see the
