@@ -17,18 +17,27 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
 HIDDEN_LOSSES = ("cka", "cosine", "mse_proj", "none")
 TASK_TYPES = ("auto", "classification", "regression")
+TASKS = ("classification", "summarization", "translation")
+SEQ2SEQ_TASKS = ("summarization", "translation")
 
 
 @dataclass
 class DataArguments:
     """Where the examples come from and how they become model inputs."""
 
+    task: Literal["classification", "summarization", "translation"] = field(
+        default="classification",
+        metadata={
+            "help": "What the models do: 'classification' (text -> label; regression via --task_type), "
+            "'summarization' or 'translation' (source text -> target text, encoder-decoder models)."
+        },
+    )
     dataset_name: str | None = field(
         default=None,
         metadata={"help": "A `datasets` hub name (needs a network), e.g. 'glue'. Files take precedence."},
@@ -82,6 +91,36 @@ class DataArguments:
         },
     )
     max_length: int = field(default=128, metadata={"help": "Truncate tokenised inputs to this many tokens."})
+    source_column: str = field(
+        default="source", metadata={"help": "Column holding the source text (summarization, translation)."}
+    )
+    target_column: str = field(
+        default="target", metadata={"help": "Column holding the target text (summarization, translation)."}
+    )
+    max_source_length: int = field(
+        default=512, metadata={"help": "Truncate tokenised sources to this many tokens (seq2seq tasks)."}
+    )
+    max_target_length: int = field(
+        default=128, metadata={"help": "Truncate tokenised targets to this many tokens (seq2seq tasks)."}
+    )
+    source_prefix: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text put before every source, e.g. 'summarize: ' for T5 (default: none; T5 teachers "
+            "get their task prefix from their config when it has one)."
+        },
+    )
+    source_lang: str | None = field(
+        default=None,
+        metadata={"help": "Source language code of multilingual tokenizers, e.g. 'en_XX' (mBART) or 'en'."},
+    )
+    target_lang: str | None = field(
+        default=None,
+        metadata={
+            "help": "Target language code, e.g. 'ro_RO' (mBART); also forces it as the first generated token "
+            "where the model family expects that (mBART-50)."
+        },
+    )
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenisation."}
     )
@@ -89,7 +128,14 @@ class DataArguments:
         default=None, metadata={"help": "Cache folder of `datasets` (default: its own)."}
     )
 
+    @property
+    def is_seq2seq(self) -> bool:
+        """Whether the task maps a source text to a target text (an encoder-decoder model)."""
+        return self.task in SEQ2SEQ_TASKS
+
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         for name in ("validation_split_fraction", "test_split_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -107,6 +153,11 @@ class DataArguments:
                 raise ValueError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
         if self.max_length < 2:
             raise ValueError(f"--max_length must be >= 2 tokens, got {self.max_length}")
+        for name in ("max_source_length", "max_target_length"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"--{name} must be >= 2 tokens, got {getattr(self, name)}")
+        if self.source_column == self.target_column:
+            raise ValueError(f"--source_column and --target_column must differ (both {self.source_column!r})")
         if self.text_pair_column is not None and self.text_pair_column == self.text_column:
             raise ValueError(f"--text_pair_column must differ from --text_column (both {self.text_column!r})")
 
@@ -132,6 +183,14 @@ class DistillModelArguments:
     student_layers: int | None = field(
         default=None, metadata={"help": "Number of layers of a built student."}
     )
+    student_encoder_layers: int | None = field(
+        default=None,
+        metadata={"help": "Encoder layers of a built encoder-decoder student (default: --student_layers)."},
+    )
+    student_decoder_layers: int | None = field(
+        default=None,
+        metadata={"help": "Decoder layers of a built encoder-decoder student (default: --student_layers)."},
+    )
     student_ffn_size: int | None = field(
         default=None, metadata={"help": "Feed-forward size of a built student."}
     )
@@ -153,6 +212,8 @@ class DistillModelArguments:
         shape = {
             "student_hidden_size": self.student_hidden_size,
             "student_layers": self.student_layers,
+            "student_encoder_layers": self.student_encoder_layers,
+            "student_decoder_layers": self.student_decoder_layers,
             "student_ffn_size": self.student_ffn_size,
             "student_heads": self.student_heads,
         }
@@ -172,7 +233,8 @@ class DistillModelArguments:
         if self.student is None and not self.shape_flags():
             raise ValueError(
                 "no student given: pass --student PATH, or build one from the teacher with at least one of "
-                "--student_layers, --student_hidden_size, --student_ffn_size, --student_heads"
+                "--student_layers, --student_encoder_layers, --student_decoder_layers, --student_hidden_size, "
+                "--student_ffn_size, --student_heads"
             )
 
 
@@ -222,6 +284,20 @@ class DistillArguments:
             "help": "Student:teacher hidden-state pairs: uniform | distilbart | last | none | '0:0,1:2,2:4'."
         },
     )
+    decoder_layer_map: str = field(
+        default="uniform",
+        metadata={
+            "help": "Decoder pairs of encoder-decoder models, same syntax as --layer_map (which then maps the "
+            "encoder); ignored by encoder-only models unless set to explicit pairs."
+        },
+    )
+    kd_chunk_size: int = field(
+        default=4096,
+        metadata={
+            "help": "Token-level KL is computed over at most this many target positions at a time, so B·T·V "
+            "fp32 copies of the logits are never all alive (large vocabularies such as mBART's 250k)."
+        },
+    )
     hidden_reduction: Literal["sum", "mean"] = field(
         default="sum",
         metadata={"help": "Combine the per-pair losses by 'sum' (the paper: weight 1 per pair) or 'mean'."},
@@ -266,6 +342,8 @@ class DistillArguments:
                 raise ValueError(f"--{name} must be >= 0, got {value}")
         if not self.temperature > 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if self.kd_chunk_size < 1:
+            raise ValueError(f"--kd_chunk_size must be >= 1 position, got {self.kd_chunk_size}")
         if not self.cache_teacher_max_gb > 0:
             raise ValueError(f"--cache_teacher_max_gb must be > 0, got {self.cache_teacher_max_gb}")
         if self.hidden_loss not in HIDDEN_LOSSES:
@@ -301,8 +379,9 @@ class DistillArguments:
 
 
 @dataclass
-class ClassificationTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults suited to short classification runs (all other fields unchanged)."""
+class TaskTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with defaults suited to short distillation runs (all other fields
+    unchanged). The seq2seq fields (`predict_with_generate`, ...) are inert for classification."""
 
     output_dir: str | None = field(
         default="outputs/classification", metadata={"help": "Where the model is written."}
@@ -334,6 +413,51 @@ class ClassificationTrainingArguments(TrainingArguments):
         # Pinned memory only speeds up copies to an accelerator; without one torch warns on every loader.
         if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
             self.dataloader_pin_memory = False
+
+
+ClassificationTrainingArguments = TaskTrainingArguments  # the name earlier scripts import
+
+
+@dataclass
+class GenerationArguments:
+    """How encoder-decoder models generate when they are evaluated (summarization, translation)."""
+
+    num_beams: int = field(default=1, metadata={"help": "Beam size (1 = greedy decoding)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated output, in tokens."})
+    length_penalty: float = field(
+        default=1.0, metadata={"help": "Beam-search length penalty (> 1 favours longer outputs)."}
+    )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "Forbid repeating any n-gram of this size (0 = off)."}
+    )
+    generation_batch_size: int = field(default=16, metadata={"help": "Examples per generate() call."})
+    eval_generation_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generate for only the first N validation rows when evaluating during training (keeps "
+            "epochs cheap); the final scores use the whole split."
+        },
+    )
+
+    def __post_init__(self):
+        for name in ("num_beams", "max_new_tokens", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"--no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.eval_generation_samples is not None and self.eval_generation_samples < 1:
+            raise ValueError(
+                f"--eval_generation_samples must be >= 1 (or unset for all rows), got {self.eval_generation_samples}"
+            )
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `model.generate`."""
+        kwargs: dict[str, Any] = {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens}
+        if self.num_beams > 1:
+            kwargs["length_penalty"] = self.length_penalty
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return kwargs
 
 
 # ---------------------------------------------------------------------------------------------------
