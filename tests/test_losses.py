@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from ckadistill.losses import (
     mean_pool,
     projected_mse_loss,
     select_tokens,
+    token_cross_entropy,
 )
 
 F64 = torch.float64
@@ -488,3 +490,99 @@ def test_kl_rejects_bad_inputs():
         kl_logits_loss(torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.ones(2, 4))
     with pytest.raises(ValueError, match=r"\(B, C\)"):
         kl_logits_loss(torch.randn(5), torch.randn(5))
+
+
+# ----------------------------------------------------------------------------- token-level, in chunks
+
+
+def _value_and_grad(fn, logits):
+    logits = logits.detach().clone().requires_grad_(True)
+    value = fn(logits)
+    (grad,) = torch.autograd.grad(value, logits)
+    return value.detach(), grad
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 7, 100])
+@pytest.mark.parametrize(("temperature", "reverse"), [(1.0, False), (2.0, True)])
+def test_chunked_kl_equals_unchunked_value_and_gradient(chunk_size, temperature, reverse):
+    g = torch.Generator().manual_seed(21)
+    s, t = 2 * torch.randn(3, 5, 13, generator=g), 2 * torch.randn(3, 5, 13, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)  # 10 of 15
+
+    def kl(chunk):
+        return lambda z: kl_logits_loss(
+            z, t, mask, temperature=temperature, reverse=reverse, chunk_size=chunk
+        )
+
+    whole, whole_grad = _value_and_grad(kl(None), s)
+    chunked, chunked_grad = _value_and_grad(kl(chunk_size), s)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(chunked_grad, whole_grad)
+    reference = np_kl(*(z[mask].double().numpy() / temperature for z in ((s, t) if reverse else (t, s))))
+    assert whole.item() == pytest.approx(temperature**2 * reference.mean(), rel=1e-5)
+    with torch.no_grad():  # no recomputation needed, same value
+        torch.testing.assert_close(kl(chunk_size)(s), whole)
+
+
+def test_chunked_kl_all_masked_is_zero_with_zero_gradient_even_over_nan():
+    s = torch.full((2, 4, 6), float("nan"), requires_grad=True)
+    loss = kl_logits_loss(s, torch.randn(2, 4, 6), torch.zeros(2, 4, dtype=torch.bool), chunk_size=3)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(s.grad, torch.zeros_like(s))
+
+
+def test_chunk_size_must_be_positive():
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        kl_logits_loss(torch.randn(2, 3, 5), torch.randn(2, 3, 5), chunk_size=0)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2, 5])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_token_cross_entropy_matches_torch_with_ignore_index(chunk_size, label_smoothing):
+    g = torch.Generator().manual_seed(22)
+    logits = torch.randn(3, 4, 9, generator=g)
+    labels = torch.randint(0, 9, (3, 4), generator=g)
+    labels[0, 2:] = -100
+    labels[2, 1] = -100  # a hole, not only trailing padding
+
+    def reference(z):
+        return F.cross_entropy(z.transpose(1, 2), labels, ignore_index=-100, label_smoothing=label_smoothing)
+
+    def ours(z):
+        return token_cross_entropy(z, labels, label_smoothing=label_smoothing, chunk_size=chunk_size)
+
+    expected, expected_grad = _value_and_grad(reference, logits)
+    value, grad = _value_and_grad(ours, logits)
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(grad, expected_grad)
+    assert ours(logits.half()).dtype == torch.float32
+
+
+def test_token_cross_entropy_without_targets_is_zero_with_zero_gradient():
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    loss = token_cross_entropy(logits, torch.full((2, 3), -100), chunk_size=2)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+    with pytest.raises(ValueError, match="must match the logits' positions"):
+        token_cross_entropy(logits, torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_chunks_are_recomputed_not_kept_for_the_backward():
+    """Under checkpointing the graph holds no (chunk, V) fp32 intermediates, only the inputs."""
+    s = torch.randn(8, 50, requires_grad=True)
+    t = torch.randn(8, 50)
+    saved = []
+
+    def pack(x):
+        saved.append(x.shape)
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        kl_logits_loss(s, t, chunk_size=2)
+    assert (2, 50) not in saved  # unchunked, the fp32 log-softmax of every chunk would be saved
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        kl_logits_loss(s, t)
+    assert (8, 50) in saved  # the reference: without chunks the (n, V) intermediates are kept

@@ -224,3 +224,22 @@ def test_head_mismatch_is_rejected(tokenizer, tmp_path):
         DistillationTrainer(
             model=student, args=args, teacher=teacher, distill_args=DistillArguments(), layer_pairs=PAIRS
         )
+
+
+def test_seq2seq_options_are_rejected_for_classifiers(tokenizer, tmp_path):
+    def build(args, **kwargs):
+        return DistillationTrainer(
+            model=quiet_bert(tokenizer, hidden=16, layers=2),
+            args=args,
+            teacher=quiet_bert(tokenizer),
+            distill_args=DistillArguments(),
+            layer_pairs=PAIRS,
+            **kwargs,
+        )
+
+    args = ClassificationTrainingArguments(output_dir=str(tmp_path), eval_strategy="no", use_cpu=True)
+    with pytest.raises(ValueError, match="have no decoder"):
+        build(args, decoder_layer_pairs=[(0, 0)])
+    args.predict_with_generate = True
+    with pytest.raises(ValueError, match="--predict_with_generate needs an encoder-decoder student"):
+        build(args)

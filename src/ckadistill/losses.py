@@ -6,14 +6,20 @@ No trainer, config or I/O in here: every function takes tensors (and optional ma
 
 Contents, top to bottom: token selection and pooling; CKA in its feature-space form (the training
 loss) and in its Gram-matrix form (analysis and cross-checks, with RBF and unbiased variants); the
-baselines used in ablations (DistilBERT cosine, TinyBERT projected MSE, KL on logits).
+baselines used in ablations (DistilBERT cosine, TinyBERT projected MSE); losses on logits (KL to the
+teacher, token-level cross-entropy), computed over chunks of positions for large vocabularies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100  # label of a position without a target (the Hugging Face convention)
 
 _TINY = 1e-30  # floor for scale normalisers; far below any real activation RMS
 
@@ -67,6 +73,33 @@ def mean_pool(h: Tensor, mask: Tensor | None = None, *, lengths: Tensor | None =
     example = torch.repeat_interleave(torch.arange(lengths.numel(), device=h.device), lengths)  # (n,)
     sums = h.new_zeros(lengths.numel(), h.shape[1]).index_add_(0, example, h)  # (B, d)
     return sums / lengths.clamp_min(1).unsqueeze(-1).to(h.dtype)
+
+
+def layer_pair_rows(
+    student_states: Sequence[Tensor],
+    teacher_states: Sequence[Tensor],
+    pairs: Sequence[tuple[int, int]],
+    mask: Tensor | None = None,
+    *,
+    sequence_level: bool = False,
+) -> list[tuple[Tensor, Tensor]]:
+    """The rows each hidden-state loss compares, for every `(student, teacher)` pair of one stack.
+
+    Args:
+        student_states: `hidden_states` of one stack, each `(B, T, d_s)` (index 0 = embeddings).
+        teacher_states: the teacher's, each `(B, T, d_t)`, over the same tokens.
+        pairs: `(student_index, teacher_index)` into those tuples.
+        mask: `(B, T)`, nonzero = a position to compare (all positions when None).
+        sequence_level: one mean-pooled row per example instead of one row per selected token.
+
+    Returns:
+        Per pair, `((n, d_s), (n, d_t))` rows in batch-major order, or `((B, d_s), (B, d_t))` pooled rows.
+    """
+    if sequence_level:
+        return [(mean_pool(student_states[s], mask), mean_pool(teacher_states[t], mask)) for s, t in pairs]
+    return [
+        (select_tokens(student_states[s], mask), select_tokens(teacher_states[t], mask)) for s, t in pairs
+    ]
 
 
 def _paired_rows(
@@ -334,6 +367,69 @@ def projected_mse_loss(x: Tensor, y: Tensor, projection: nn.Module, mask: Tensor
     return _masked_mean((pred - ys).pow(2).reshape(-1))
 
 
+# ---------------------------------------------------------------------------------------------------
+# Losses on logits. Token-level terms run over chunks of positions: the fp32 log-softmax of a
+# (positions, vocabulary) block is then alive for one chunk at a time (mBART: 250k entries per position).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _gather_and_apply(fn: Callable[..., Tensor], index: Tensor, *rows: Tensor) -> Tensor:
+    return fn(*(r.index_select(0, index) for r in rows))
+
+
+def chunked_position_sum(
+    fn: Callable[..., Tensor],
+    rows: Sequence[Tensor],
+    keep: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, int]:
+    """`Σ fn(rows at the kept positions)`, taken `chunk_size` positions at a time.
+
+    Args:
+        fn: maps the selected rows, `(m, ...)` each, to a 0-dim sum over those m positions.
+        rows: tensors whose first axis is the P positions, e.g. `(P, V)` logits and `(P,)` labels.
+        keep: `(P,)`, nonzero = a position that counts (all when None).
+        chunk_size: positions per call of `fn`; None = all in one call. With a chunk size, each call
+            runs under `torch.utils.checkpoint` when gradients are needed, so the backward keeps only
+            the inputs and recomputes one chunk's intermediates at a time (about one extra forward of `fn`).
+
+    Returns:
+        The sum, and the number of kept positions. With none kept the sum is exactly 0 with a zero
+        gradient, and values at dropped positions (even non-finite ones) never enter it.
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 position (or None for one chunk), got {chunk_size}")
+    first = rows[0]
+    if keep is None:
+        index = torch.arange(first.shape[0], device=first.device)  # (P,)
+    else:
+        index = keep.reshape(-1).nonzero().squeeze(1)  # (n,) kept positions
+    if index.numel() == 0:
+        return first[:0].float().sum(), 0  # an empty slice: 0, and a zero gradient for every position
+    if chunk_size is None:
+        return _gather_and_apply(fn, index, *rows), index.numel()
+    recompute = torch.is_grad_enabled() and any(r.requires_grad for r in rows)
+    total = None
+    for part in index.split(chunk_size):  # (<= chunk_size,) positions
+        if recompute:
+            value = checkpoint(
+                _gather_and_apply, fn, part, *rows, use_reentrant=False, preserve_rng_state=False
+            )
+        else:
+            value = _gather_and_apply(fn, part, *rows)
+        total = value if total is None else total + value
+    return total, index.numel()
+
+
+def _kl_sum(student: Tensor, teacher: Tensor, temperature: float, reverse: bool) -> Tensor:
+    """Σ over rows of KL between softened distributions; `(m, V)` logits upcast to fp32."""
+    log_ps = F.log_softmax(student.float() / temperature, dim=-1)  # (m, V)
+    log_pt = F.log_softmax(teacher.float() / temperature, dim=-1)  # (m, V)
+    if reverse:
+        return (log_ps.exp() * (log_ps - log_pt)).sum()
+    return (log_pt.exp() * (log_pt - log_ps)).sum()
+
+
 def kl_logits_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -341,6 +437,7 @@ def kl_logits_loss(
     *,
     temperature: float = 1.0,
     reverse: bool = False,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """KL divergence between softened teacher and student distributions (Hinton et al., 2015), times T².
 
@@ -355,6 +452,8 @@ def kl_logits_loss(
         temperature: softening temperature `T > 0`; the result is multiplied by `T²` so gradient scales
             stay comparable across temperatures.
         reverse: use `KL(p_s || p_t)` instead of `KL(p_t || p_s)`.
+        chunk_size: at most this many positions at a time, each chunk checkpointed when gradients are
+            needed (see `chunked_position_sum`); the value and gradient equal the unchunked ones.
 
     Returns:
         0-dim fp32 tensor (logits are upcast to fp32): the mean over kept positions; exactly 0, with a
@@ -362,7 +461,7 @@ def kl_logits_loss(
 
     Raises:
         ValueError: shapes differ (teacher and student must share the label set / vocabulary), wrong
-            rank, mask shape mismatch, or temperature <= 0.
+            rank, mask shape mismatch, temperature <= 0, or chunk_size < 1.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -380,13 +479,127 @@ def kl_logits_loss(
     vocab = student_logits.shape[-1]
     s = student_logits.reshape(-1, vocab)  # (P, V), P = positions
     t = teacher_logits.reshape(-1, vocab)  # (P, V)
-    if mask is not None:
-        keep = mask.reshape(-1).bool()
-        s, t = s[keep], t[keep]  # (n, V)
-    log_ps = F.log_softmax(s.float() / temperature, dim=-1)  # (n, V)
-    log_pt = F.log_softmax(t.float() / temperature, dim=-1)  # (n, V)
-    if reverse:
-        per_position = (log_ps.exp() * (log_ps - log_pt)).sum(dim=-1)  # (n,)
-    else:
-        per_position = (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1)  # (n,)
-    return _masked_mean(per_position) * temperature**2
+
+    def kl_sum(s_rows: Tensor, t_rows: Tensor) -> Tensor:
+        return _kl_sum(s_rows, t_rows, temperature, reverse)
+
+    total, kept = chunked_position_sum(kl_sum, (s, t), mask, chunk_size)
+    return total / max(kept, 1) * temperature**2
+
+
+def token_cross_entropy(
+    logits: Tensor, labels: Tensor, *, label_smoothing: float = 0.0, chunk_size: int | None = None
+) -> Tensor:
+    """Cross-entropy of token logits against target ids, over the positions that have a target.
+
+    Args:
+        logits: `(B, T, V)` (or `(P, V)`) logits of the positions that predict `labels`; a causal LM
+            shifts logits and labels by one before calling this.
+        labels: `(B, T)` (or `(P,)`) target ids; `-100` (`IGNORE_INDEX`) = no target, skipped.
+        label_smoothing: as in `torch.nn.functional.cross_entropy`.
+        chunk_size: at most this many positions at a time, as in `kl_logits_loss`.
+
+    Returns:
+        0-dim fp32 mean over target positions (logits upcast to fp32), equal to
+        `F.cross_entropy(..., ignore_index=-100)`; exactly 0, with a zero gradient, when there is none.
+    """
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"labels {tuple(labels.shape)} must match the logits' positions {tuple(logits.shape[:-1])}"
+        )
+    vocab = logits.shape[-1]
+
+    def ce_sum(rows: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(rows.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+
+    flat_labels = labels.reshape(-1).long()  # (P,)
+    total, kept = chunked_position_sum(
+        ce_sum, (logits.reshape(-1, vocab), flat_labels), flat_labels != IGNORE_INDEX, chunk_size
+    )
+    return total / max(kept, 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output terms of a distillation loss: per example (classification) or per target token (LMs).
+# ---------------------------------------------------------------------------------------------------
+
+
+def task_loss(logits: Tensor, labels: Tensor, *, regression: bool, label_smoothing: float = 0.0) -> Tensor:
+    """Supervised loss over the labelled rows of a batch.
+
+    Args:
+        logits: `(B, C)` class logits, or `(B, 1)` predictions for regression.
+        labels: `(B,)` class ids or targets; -100 marks an unlabelled row, which is skipped.
+        regression: MSE on the targets instead of cross-entropy.
+        label_smoothing: cross-entropy label smoothing (classification only).
+
+    Returns:
+        0-dim fp32 mean over labelled rows; exactly 0 (graph kept, zero gradient) when none is labelled.
+    """
+    keep = labels != IGNORE_INDEX  # (B,)
+    if not bool(keep.any()):
+        return logits.float().sum() * 0.0
+    if regression:
+        return F.mse_loss(logits.float().reshape(-1)[keep], labels[keep].float())
+    return F.cross_entropy(logits[keep].float(), labels[keep].long(), label_smoothing=label_smoothing)
+
+
+def logit_distillation_loss(
+    student_logits: Tensor, teacher_logits: Tensor, *, regression: bool, temperature: float, reverse: bool
+) -> Tensor:
+    """KL between softened class distributions (`(B, C)` logits), or MSE between outputs for regression."""
+    if regression:
+        return F.mse_loss(student_logits.float().reshape(-1), teacher_logits.float().reshape(-1))
+    return kl_logits_loss(student_logits, teacher_logits, temperature=temperature, reverse=reverse)
+
+
+def target_mask(labels: Tensor) -> Tensor:
+    """`(B, T)` bool: the decoder positions that predict a real target token (`labels != -100`).
+
+    Position 0 (the start slot, which predicts the first target token) is kept; padding is dropped.
+    CE, KL and the decoder hidden pairs all use this mask, so they see the same positions.
+    """
+    return labels != IGNORE_INDEX
+
+
+def token_level_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    labels: Tensor,
+    *,
+    task: bool = True,
+    label_smoothing: float = 0.0,
+    temperature: float = 1.0,
+    reverse: bool = False,
+    chunk_size: int | None = None,
+) -> dict[str, Tensor]:
+    """Cross-entropy on the labels and KL to the teacher over the target positions of a batch.
+
+    Args:
+        student_logits: `(B, T, V)` logits of the positions that predict `labels` (a decoder-only LM
+            passes `logits[:, :-1]` with `labels[:, 1:]`).
+        teacher_logits: `(B, T, V)` from the teacher under `no_grad`, or None to leave KD out.
+        labels: `(B, T)` target ids; -100 = no target (padding).
+        task: compute the cross-entropy term.
+        label_smoothing, temperature, reverse: as in `token_cross_entropy` and `kl_logits_loss`.
+        chunk_size: positions per chunk of both terms, so fp32 copies of `(B·T, V)` never all coexist.
+
+    Returns:
+        `{"task": CE, "kd": KL}` (each only when asked for), fp32 0-dim means over the target positions;
+        0 with a zero gradient when no position has a target.
+    """
+    terms = {}
+    if task:
+        terms["task"] = token_cross_entropy(
+            student_logits, labels, label_smoothing=label_smoothing, chunk_size=chunk_size
+        )
+    if teacher_logits is not None:
+        terms["kd"] = kl_logits_loss(
+            student_logits,
+            teacher_logits.to(student_logits.device),
+            target_mask(labels),
+            temperature=temperature,
+            reverse=reverse,
+            chunk_size=chunk_size,
+        )
+    return terms

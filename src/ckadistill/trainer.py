@@ -1,20 +1,29 @@
-"""`DistillationTrainer`: a `transformers.Trainer` that changes what loss is computed, and logs its parts.
+"""`DistillationTrainer`: a `transformers.Seq2SeqTrainer` that changes what loss is computed, and logs its parts.
 
     loss = alpha_task · task(labels) + alpha_kd · KD(teacher logits) + alpha_hidden · Σ_pairs hidden(pair)
 
-- task: cross-entropy over labelled rows (label -100 = unlabelled, ignored; an all-unlabelled batch
-  gives exactly 0), or MSE for regression (`num_labels == 1`).
-- KD: `KL(p_teacher || p_student)` at temperature T, times T² (MSE between outputs for regression).
-- hidden: one term per `(student, teacher)` pair of `hidden_states` indices, over the real tokens
-  of the batch (`attention_mask`) or over the examples' mean-pooled states (`hidden_level sequence`):
-  `1 - CKA` (default), cosine, projected MSE; summed (the paper) or averaged over pairs; its weight
-  is constant or decays linearly to 0 over training (`hidden_schedule`).
+One loss path serves two kinds of student, told apart by `config.is_encoder_decoder`:
 
-The teacher is a plain attribute: frozen, in eval mode, run under `no_grad`, on the student's
-device, and never handed to `accelerator.prepare`, so data-parallel wrappers only ever see the
-student. Everything else (checkpoints, resume, mixed precision, accumulation, logging backends)
-is the Trainer's own. With `--cache_teacher`, the teacher runs once over the training set before
-training and its outputs are replayed (`ckadistill.teacher_cache`); evaluation still runs it live.
+- sequence classifiers: task = CE over labelled rows (-100 = unlabelled), or MSE for regression; KD =
+  `KL(p_teacher || p_student)` at temperature T, times T² (MSE for regression); hidden pairs index
+  `hidden_states` over the real tokens (`attention_mask`).
+- encoder-decoder LMs (BART, mBART, T5, Marian, `EncoderDecoderModel`): task = token CE and KD = token KL
+  over the target positions (`labels != -100`), in chunks of `kd_chunk_size` positions; encoder pairs
+  index `encoder_hidden_states` over the real source tokens, decoder pairs `decoder_hidden_states` over
+  the same target positions. Both models read the same `decoder_input_ids` and never see `labels`, so
+  neither computes a full-vocabulary loss of its own. The decoder mask keeps the start slot (position 0
+  predicts the first target token): it is exactly where CE and KL act, whatever built the decoder
+  inputs. The authors' code drops that slot, whose state is the same for every example.
+
+hidden: per pair, `1 - CKA` (default), cosine or projected MSE over token rows or mean-pooled examples
+(`hidden_level`); summed (the paper) or averaged over all pairs of both stacks; constant weight or a
+linear decay to 0 (`hidden_schedule`).
+
+The teacher is a plain attribute: frozen, in eval mode, run under `no_grad`, on the student's device,
+never handed to `accelerator.prepare`. Everything else (checkpoints, resume, mixed precision,
+accumulation, logging, generation in evaluation) is the Seq2SeqTrainer's own. With `--cache_teacher`
+(classifiers only) the teacher runs once over the training set and its outputs are replayed
+(`ckadistill.teacher_cache`); evaluation still runs it live.
 """
 
 from __future__ import annotations
@@ -24,24 +33,26 @@ import os
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import PreTrainedModel, Trainer
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers import PreTrainedModel, Seq2SeqTrainer
+from transformers.modeling_outputs import Seq2SeqLMOutput, SequenceClassifierOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ckadistill.config import DistillArguments
-from ckadistill.data import UNLABELLED
 from ckadistill.losses import (
     HiddenProjection,
     cka_loss,
     cosine_hidden_loss,
-    kl_logits_loss,
+    layer_pair_rows,
     linear_cka,
+    logit_distillation_loss,
     mean_pool,
     projected_mse_loss,
     select_tokens,
+    target_mask,
+    task_loss,
+    token_level_terms,
 )
 from ckadistill.teacher_cache import EXAMPLE_ID, TeacherCache
 
@@ -55,48 +66,39 @@ def is_regression(config) -> bool:
     return config.problem_type == "regression" or config.num_labels == 1
 
 
-def task_loss(logits: Tensor, labels: Tensor, *, regression: bool, label_smoothing: float = 0.0) -> Tensor:
-    """Supervised loss over the labelled rows of a batch.
-
-    Args:
-        logits: `(B, C)` class logits, or `(B, 1)` predictions for regression.
-        labels: `(B,)` class ids or targets; -100 marks an unlabelled row, which is skipped.
-        regression: MSE on the targets instead of cross-entropy.
-        label_smoothing: cross-entropy label smoothing (classification only).
-
-    Returns:
-        0-dim fp32 mean over labelled rows; exactly 0 (graph kept, zero gradient) when none is labelled.
-    """
-    keep = labels != UNLABELLED  # (B,)
-    if not bool(keep.any()):
-        return logits.float().sum() * 0.0
-    if regression:
-        return F.mse_loss(logits.float().reshape(-1)[keep], labels[keep].float())
-    return F.cross_entropy(logits[keep].float(), labels[keep].long(), label_smoothing=label_smoothing)
-
-
-def logit_distillation_loss(
-    student_logits: Tensor, teacher_logits: Tensor, *, regression: bool, temperature: float, reverse: bool
-) -> Tensor:
-    """KL between softened class distributions (`(B, C)` logits), or MSE between outputs for regression."""
-    if regression:
-        return F.mse_loss(student_logits.float().reshape(-1), teacher_logits.float().reshape(-1))
-    return kl_logits_loss(student_logits, teacher_logits, temperature=temperature, reverse=reverse)
-
-
 def pair_name(student_index: int, teacher_index: int, stack: str = "enc") -> str:
     """Log name of a layer pair, e.g. `enc_2_4`."""
     return f"{stack}_{student_index}_{teacher_index}"
 
 
-class DistillationTrainer(Trainer):
+def output_vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the LM head (the output vocabulary) of an encoder-decoder LM."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no language-model head: encoder-decoder models are distilled as "
+            "sequence-to-sequence LMs (e.g. BartForConditionalGeneration, T5ForConditionalGeneration, "
+            "MarianMTModel, EncoderDecoderModel); load teacher and student with such a class"
+        )
+    return int(head.weight.shape[0])
+
+
+def stack_widths(model: PreTrainedModel) -> tuple[int, int]:
+    """`(encoder width, decoder width)` of an encoder-decoder model, from each stack's own config."""
+    return int(model.get_encoder().config.hidden_size), int(model.get_decoder().config.hidden_size)
+
+
+class DistillationTrainer(Seq2SeqTrainer):
     """Trainer for a student learning from a frozen teacher; see the module docstring for the loss.
 
-    Args (besides the Trainer's own):
-        teacher: a sequence-classification model with the student's label set and vocabulary.
-        distill_args: loss weights, temperature, hidden loss, reduction, `cka_sqrt`.
-        layer_pairs: `(student, teacher)` indices into `hidden_states` (0 = embeddings). Per-pair CKA
-            is logged for every pair (computed without gradient when the hidden loss is not CKA).
+    Args (besides the Seq2SeqTrainer's own):
+        teacher: a model of the student's kind: a sequence classifier with the student's label set, or
+            an encoder-decoder LM with the student's output vocabulary.
+        distill_args: loss weights, temperature, hidden loss, reduction, `cka_sqrt`, `kd_chunk_size`.
+        layer_pairs: `(student, teacher)` indices into `hidden_states` (0 = embeddings); for
+            encoder-decoders, into `encoder_hidden_states`. Per-pair CKA is logged for every pair
+            (computed without gradient when the hidden loss is not CKA).
+        decoder_layer_pairs: the same for `decoder_hidden_states` (encoder-decoders only).
     """
 
     # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
@@ -108,42 +110,95 @@ class DistillationTrainer(Trainer):
         teacher: PreTrainedModel,
         distill_args: DistillArguments,
         layer_pairs: Sequence[tuple[int, int]] = (),
+        decoder_layer_pairs: Sequence[tuple[int, int]] = (),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        student_config = self.model.config
-        if is_regression(student_config) != is_regression(teacher.config) or (
-            student_config.num_labels != teacher.config.num_labels
-        ):
-            raise ValueError(
-                f"teacher ({teacher.config.num_labels} outputs) and student ({student_config.num_labels} outputs) "
-                "need the same head: build the student from the teacher or pass a student with the teacher's labels"
-            )
+        self.is_seq2seq = bool(self.model.config.is_encoder_decoder)
+        self._check_teacher(teacher, distill_args, decoder_layer_pairs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.distill_args = distill_args
-        self.regression = is_regression(student_config)
+        self.regression = not self.is_seq2seq and is_regression(self.model.config)
         self.layer_pairs = tuple((int(s), int(t)) for s, t in layer_pairs)
-        self.pair_names = [pair_name(s, t) for s, t in self.layer_pairs]
-        d_s, d_t = student_config.hidden_size, teacher.config.hidden_size
-        if distill_args.uses_hidden and distill_args.hidden_loss == "cosine" and d_s != d_t:
-            raise ValueError(
-                f"--hidden_loss cosine needs equal widths, but the student is {d_s} wide and the teacher {d_t}: "
-                "use --hidden_loss cka (any widths) or mse_proj (learned projection)"
-            )
+        self.decoder_layer_pairs = tuple((int(s), int(t)) for s, t in decoder_layer_pairs)
+        self.pair_names = [pair_name(s, t, "enc") for s, t in self.layer_pairs]
+        self.pair_names += [pair_name(s, t, "dec") for s, t in self.decoder_layer_pairs]
+        self.uses_hidden = (
+            bool(self.pair_names) and distill_args.hidden_loss != "none" and distill_args.alpha_hidden > 0
+        )
+
+        # Widths per pair, (student, teacher): encoder pairs first, then decoder pairs.
+        if self.is_seq2seq:
+            (enc_s, dec_s), (enc_t, dec_t) = stack_widths(self.model), stack_widths(teacher)
+        else:
+            enc_s, enc_t = self.model.config.hidden_size, teacher.config.hidden_size
+            dec_s, dec_t = enc_s, enc_t
+        widths = [(enc_s, enc_t)] * len(self.layer_pairs) + [(dec_s, dec_t)] * len(self.decoder_layer_pairs)
+        if self.uses_hidden and distill_args.hidden_loss == "cosine":
+            for (d_s, d_t), name in zip(widths, self.pair_names, strict=True):
+                if d_s != d_t:
+                    raise ValueError(
+                        f"--hidden_loss cosine needs equal widths, but in pair {name} the student is {d_s} wide "
+                        f"and the teacher {d_t}: use --hidden_loss cka (any widths) or mse_proj (learned projection)"
+                    )
         self.projections: nn.ModuleList | None = None
-        if distill_args.uses_hidden and distill_args.hidden_loss == "mse_proj":
+        if self.uses_hidden and distill_args.hidden_loss == "mse_proj":
             if self.args.world_size > 1:
                 raise ValueError(
                     "--hidden_loss mse_proj trains projections outside the student, which data-parallel "
                     "training would not synchronise: run it in one process, or use --hidden_loss cka"
                 )
-            projections = [HiddenProjection(d_s, d_t) for _ in self.layer_pairs]
+            projections = [HiddenProjection(d_s, d_t) for d_s, d_t in widths]  # one per pair, both stacks
             self.projections = nn.ModuleList(projections).to(self.args.device)
         self._log_sums: dict[str, Tensor] = {}
         self._log_batches = 0
         self.teacher_cache: TeacherCache | None = None
         if distill_args.cache_teacher and self.train_dataset is not None:
             self.teacher_cache = self._build_teacher_cache()
+
+    def _check_teacher(
+        self, teacher: PreTrainedModel, distill_args: DistillArguments, decoder_layer_pairs: Sequence
+    ) -> None:
+        """Early, actionable errors: the teacher's kind and head must be the student's."""
+        student = self.model
+        if bool(teacher.config.is_encoder_decoder) != self.is_seq2seq:
+            kinds = {True: "an encoder-decoder", False: "an encoder-only"}
+            raise ValueError(
+                f"the teacher ({teacher.config.model_type}) is {kinds[bool(teacher.config.is_encoder_decoder)]} "
+                f"model and the student ({student.config.model_type}) {kinds[self.is_seq2seq]} one: build the "
+                "student from the teacher's family"
+            )
+        if not self.is_seq2seq:
+            if decoder_layer_pairs:
+                raise ValueError(
+                    f"decoder layer pairs given, but {student.config.model_type} models have no decoder: "
+                    "leave --decoder_layer_map at its default"
+                )
+            if is_regression(student.config) != is_regression(teacher.config) or (
+                student.config.num_labels != teacher.config.num_labels
+            ):
+                raise ValueError(
+                    f"teacher ({teacher.config.num_labels} outputs) and student ({student.config.num_labels} "
+                    "outputs) need the same head: build the student from the teacher or pass a student with "
+                    "the teacher's labels"
+                )
+            if self.args.predict_with_generate:
+                raise ValueError(
+                    "--predict_with_generate needs an encoder-decoder student; drop it for classification"
+                )
+            return
+        v_s, v_t = output_vocab_size(student), output_vocab_size(teacher)
+        if v_s != v_t:
+            raise ValueError(
+                f"the teacher predicts over {v_t} tokens and the student over {v_s}: KL on token logits needs "
+                "the same output vocabulary, so build the student from the teacher (same tokenizer and "
+                "vocab_size) rather than from another checkpoint"
+            )
+        if distill_args.cache_teacher:
+            raise ValueError(
+                "--cache_teacher is not supported for encoder-decoder models (their teacher outputs are "
+                "per target token and depend on the decoder inputs): drop --cache_teacher"
+            )
 
     def _build_teacher_cache(self) -> TeacherCache:
         dataset = self.train_dataset
@@ -187,58 +242,51 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.distill_args
         inputs = dict(inputs)
-        labels = inputs.pop("labels", None)  # the student's own loss is not used
+        labels = inputs.pop("labels", None)  # neither model computes its own loss
         example_ids = inputs.pop(EXAMPLE_ID, None)
+        if self.is_seq2seq:
+            self._add_decoder_inputs(model, inputs, labels)
         cached = self.teacher_cache is not None and example_ids is not None and model.training
-        want_hidden = bool(self.layer_pairs)
-        outputs = model(**inputs, output_hidden_states=want_hidden)
-        logits = outputs.logits  # (B, C)
+        want_hidden = bool(self.pair_names)
 
-        weighted: dict[str, tuple[float, Tensor]] = {}
-        if labels is not None and args.alpha_task > 0:
-            task = task_loss(
-                logits, labels, regression=self.regression, label_smoothing=self.args.label_smoothing_factor
-            )
-            weighted["task"] = (args.alpha_task, task)
+        # Forward passes: the student with gradients, the teacher frozen (unless its outputs are cached).
+        outputs = model(**inputs, output_hidden_states=want_hidden)
+        logits = outputs.logits  # (B, C) class logits, or (B, T, V) target-token logits
+        teacher_out = None
         if (args.alpha_kd > 0 or want_hidden) and not cached:
             with torch.no_grad(), self.accelerator.autocast():
                 teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+        teacher_logits = None
         if args.alpha_kd > 0:
             teacher_logits = self.teacher_cache.logits(example_ids) if cached else teacher_out.logits
-            kd = logit_distillation_loss(
+
+        # Output terms: task loss on the labels and KD to the teacher, per example or per target token.
+        if self.is_seq2seq:
+            terms = token_level_terms(
                 logits,
-                teacher_logits.to(logits.device),
-                regression=self.regression,
+                teacher_logits,
+                labels,
+                task=args.alpha_task > 0,
+                label_smoothing=self.args.label_smoothing_factor,
                 temperature=args.temperature,
                 reverse=args.kd_reverse,
+                chunk_size=args.kd_chunk_size,
             )
-            weighted["kd"] = (args.alpha_kd, kd)
+        else:
+            terms = self._class_level_terms(logits, teacher_logits, labels)
+        weights = {"task": args.alpha_task, "kd": args.alpha_kd}
+        weighted: dict[str, tuple[float, Tensor]] = {
+            name: (weights[name], term) for name, term in terms.items()
+        }
 
+        # Hidden terms: one per layer pair, encoder pairs then decoder pairs.
         ckas: list[Tensor] = []
         if want_hidden:
-            mask = inputs.get("attention_mask")
-            if mask is None:
-                mask = torch.ones(inputs["input_ids"].shape, device=logits.device)  # (B, T)
-            sequence_level = args.hidden_level == "sequence"
-            if cached:  # real-token rows of both sides, in the same batch-major order
-                states = [
-                    (select_tokens(outputs.hidden_states[s], mask), self._cached_rows(t, example_ids, mask))
-                    for s, t in self.layer_pairs
-                ]
-                if sequence_level:
-                    lengths = mask.bool().sum(dim=1)  # (B,)
-                    states = [
-                        (mean_pool(x, lengths=lengths), mean_pool(y, lengths=lengths)) for x, y in states
-                    ]
-                mask = None
+            if cached:
+                states = self._cached_states(outputs, example_ids, inputs)
             else:
-                states = [
-                    (outputs.hidden_states[s], teacher_out.hidden_states[t]) for s, t in self.layer_pairs
-                ]
-                if sequence_level:
-                    states = [(mean_pool(x, mask), mean_pool(y, mask)) for x, y in states]
-                    mask = None
-            pair_losses, ckas = self._hidden_terms(states, mask)
+                states = self._live_states(outputs, teacher_out, inputs, labels)
+            pair_losses, ckas = self._hidden_terms(states)
             if pair_losses:
                 stacked = torch.stack(pair_losses)  # (P,)
                 hidden = stacked.sum() if args.hidden_reduction == "sum" else stacked.mean()
@@ -253,8 +301,82 @@ class DistillationTrainer(Trainer):
             self._record(record)
         if return_outputs:
             # Only the logits: hidden states would otherwise be gathered as predictions during evaluation.
-            return loss, SequenceClassifierOutput(loss=loss, logits=logits)
+            output_class = Seq2SeqLMOutput if self.is_seq2seq else SequenceClassifierOutput
+            return loss, output_class(loss=loss, logits=logits)
         return loss
+
+    def _add_decoder_inputs(self, model, inputs: dict, labels: Tensor | None) -> None:
+        """Give both models the same decoder inputs, built from the labels by the student's own rule."""
+        if labels is None:
+            raise ValueError(
+                "encoder-decoder distillation needs `labels` (target token ids, -100 = padding) in every "
+                "batch: tokenise the targets as labels and pad them with transformers.DataCollatorForSeq2Seq"
+            )
+        if "decoder_input_ids" not in inputs:
+            student = self.accelerator.unwrap_model(model)
+            inputs["decoder_input_ids"] = student.prepare_decoder_input_ids_from_labels(labels=labels)
+        inputs["use_cache"] = False  # no key/value cache to build in a single full-sequence pass
+
+    def _class_level_terms(
+        self, logits: Tensor, teacher_logits: Tensor | None, labels: Tensor | None
+    ) -> dict[str, Tensor]:
+        """Task loss and KD on `(B, C)` class logits (or `(B, 1)` regression outputs)."""
+        args, terms = self.distill_args, {}
+        if labels is not None and args.alpha_task > 0:
+            terms["task"] = task_loss(
+                logits, labels, regression=self.regression, label_smoothing=self.args.label_smoothing_factor
+            )
+        if teacher_logits is not None:
+            terms["kd"] = logit_distillation_loss(
+                logits,
+                teacher_logits.to(logits.device),
+                regression=self.regression,
+                temperature=args.temperature,
+                reverse=args.kd_reverse,
+            )
+        return terms
+
+    def _live_states(self, outputs, teacher_out, inputs: dict, labels: Tensor | None) -> list:
+        """Per pair, the (student, teacher) rows to compare: real source tokens for encoder pairs
+        (`attention_mask`), target positions for decoder pairs (`target_mask`); encoder pairs first."""
+        source_mask = inputs.get("attention_mask")  # (B, S); None = every token is real
+        if self.is_seq2seq:
+            stacks = [
+                (
+                    outputs.encoder_hidden_states,
+                    teacher_out.encoder_hidden_states,
+                    self.layer_pairs,
+                    source_mask,
+                ),
+                (
+                    outputs.decoder_hidden_states,
+                    teacher_out.decoder_hidden_states,
+                    self.decoder_layer_pairs,
+                    target_mask(labels),  # (B, T)
+                ),
+            ]
+        else:
+            stacks = [(outputs.hidden_states, teacher_out.hidden_states, self.layer_pairs, source_mask)]
+        sequence_level = self.distill_args.hidden_level == "sequence"
+        return [
+            rows
+            for student, teacher, pairs, mask in stacks
+            for rows in layer_pair_rows(student, teacher, pairs, mask, sequence_level=sequence_level)
+        ]
+
+    def _cached_states(self, outputs, example_ids: Tensor, inputs: dict) -> list[tuple[Tensor, Tensor]]:
+        """As `_live_states`, with the teacher's rows read from the cache (classification only)."""
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(inputs["input_ids"].shape, device=outputs.logits.device)  # (B, T)
+        states = [  # real-token rows of both sides, in the same batch-major order
+            (select_tokens(outputs.hidden_states[s], mask), self._cached_rows(t, example_ids, mask))
+            for s, t in self.layer_pairs
+        ]
+        if self.distill_args.hidden_level == "sequence":
+            lengths = mask.bool().sum(dim=1)  # (B,)
+            states = [(mean_pool(x, lengths=lengths), mean_pool(y, lengths=lengths)) for x, y in states]
+        return states
 
     def _hidden_schedule_factor(self) -> float:
         """1 throughout for 'constant'; 1 → 0 linearly over the optimiser steps for 'linear_decay'."""
@@ -272,30 +394,41 @@ class DistillationTrainer(Trainer):
             )
         return rows.to(mask.device)
 
-    def _hidden_terms(
-        self, states: Sequence[tuple[Tensor, Tensor]], mask: Tensor | None
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    def _hidden_terms(self, states: Sequence[tuple[Tensor, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
         """Per-pair hidden losses (empty when the hidden term is off) and per-pair CKA values (detached).
 
-        `states[k]` is the k-th pair's (student, teacher) states: `(B, T, d_s)` and `(B, T, d_t)` with a
-        `(B, T)` mask, or already-selected rows `(n, d_s)` and `(n, d_t)` with `mask=None`.
+        `states[k]` is the k-th pair's (student, teacher) rows, `(n, d_s)` and `(n, d_t)`.
         """
         args = self.distill_args
         losses, ckas = [], []
         for k, (x, y) in enumerate(states):
-            if args.uses_hidden and args.hidden_loss == "cka":
-                loss = cka_loss(x, y, mask, sqrt=args.cka_sqrt)
+            if self.uses_hidden and args.hidden_loss == "cka":
+                loss = cka_loss(x, y, sqrt=args.cka_sqrt)
                 gap = 1.0 - loss.detach()
                 ckas.append(gap.square() if args.cka_sqrt else gap)
                 losses.append(loss)
                 continue
-            if args.uses_hidden and args.hidden_loss == "cosine":
-                losses.append(cosine_hidden_loss(x, y, mask))
-            elif args.uses_hidden and args.hidden_loss == "mse_proj":
-                losses.append(projected_mse_loss(x, y, self.projections[k], mask))
+            if self.uses_hidden and args.hidden_loss == "cosine":
+                losses.append(cosine_hidden_loss(x, y))
+            elif self.uses_hidden and args.hidden_loss == "mse_proj":
+                losses.append(projected_mse_loss(x, y, self.projections[k]))
             with torch.no_grad():
-                ckas.append(linear_cka(x.detach(), y, mask))
+                ckas.append(linear_cka(x.detach(), y))
         return losses, ckas
+
+    # ---- evaluation with generation ------------------------------------------------------------
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # With --predict_with_generate the Seq2SeqTrainer generates, then scores the batch by the
+        # student's own loss on `labels`; report the distillation loss instead, as evaluation without
+        # generation does, so eval_loss means one thing whatever the flags.
+        loss, predictions, labels = super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+        )
+        if loss is not None and self.args.predict_with_generate and not prediction_loss_only:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, self._prepare_inputs(inputs)).detach()
+        return loss, predictions, labels
 
     # ---- logging -------------------------------------------------------------------------------
 
