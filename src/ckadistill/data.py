@@ -151,10 +151,17 @@ def load_raw_splits(data_args: DataArguments, *, require_train: bool = True) -> 
 
 
 def check_columns(raw: DatasetDict, data_args: DataArguments) -> None:
-    """Every split must hold the text (pair) and label columns; the error lists the columns there are."""
-    wanted = [("text_column", data_args.text_column), ("label_column", data_args.label_column)]
-    if data_args.text_pair_column:
-        wanted.append(("text_pair_column", data_args.text_pair_column))
+    """Every split must hold the columns the task reads; the error lists the columns there are.
+
+    Classification reads the text (pair) and label columns; summarization and translation read the
+    source and target columns.
+    """
+    if data_args.is_seq2seq:
+        wanted = [("source_column", data_args.source_column), ("target_column", data_args.target_column)]
+    else:
+        wanted = [("text_column", data_args.text_column), ("label_column", data_args.label_column)]
+        if data_args.text_pair_column:
+            wanted.append(("text_pair_column", data_args.text_pair_column))
     for split, dataset in raw.items():
         for flag, column in wanted:
             if column not in dataset.column_names:
