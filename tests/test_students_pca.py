@@ -9,7 +9,8 @@ import transformers as tf
 from ckadistill.commands.make_student import main as make_student_main
 from ckadistill.families import get_family
 from ckadistill.pca_init import pca_basis
-from ckadistill.students import make_student, sliced_state_dict
+from ckadistill.slicing import sliced_state_dict
+from ckadistill.students import make_student
 from test_students import tiny_bert
 from test_students_families import build, inputs_for
 
@@ -109,3 +110,22 @@ def test_cli_pca_reads_init_data(tokenizer, sentences, tmp_path, capsys):
     assert student.config.ckadistill["pca"]["texts"] == len(sentences)
     assert make_student_main([*argv, "--init", "slice", "--init-data", str(data)]) == 2
     assert "--init-data is only read by --init pca" in capsys.readouterr().err
+
+
+def test_masked_lm_head_norm_is_finite(tokenizer, sentences):
+    # The MLM head's LayerNorm never runs in the body the basis is measured on: it must not become NaN.
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    teacher = tf.BertForMaskedLM(config).eval()
+    student = make_student(teacher, hidden_size=16, init="pca", init_texts=sentences, tokenizer=tokenizer)
+    state = student.state_dict()
+    assert all(torch.isfinite(v).all() for v in state.values())
+    gain = teacher.state_dict()["cls.predictions.transform.LayerNorm.weight"].mean()
+    torch.testing.assert_close(state["cls.predictions.transform.LayerNorm.weight"], gain.expand(16))

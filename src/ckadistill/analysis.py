@@ -68,7 +68,9 @@ def layer_cka_matrix(
 
     Args:
         teacher, student: Hugging Face models (base or with heads) sharing a tokenizer; both
-            encoder-only or both encoder-decoder. They are run in eval mode and restored after.
+            encoder-only or both encoder-decoder (BART-like, T5, or a bert2bert `EncoderDecoderModel`,
+            whose outputs carry `encoder_hidden_states` and `decoder_hidden_states` the same way).
+            They are run in eval mode and restored after.
         batches: dicts of `(B, T)` tensors: `input_ids`, `attention_mask` (optional
             `token_type_ids`), and for encoder-decoders `decoder_input_ids` and optional
             `decoder_attention_mask`. Tokens are selected by `attention_mask` for the encoder part

@@ -3,6 +3,9 @@ each weight tensor's axes mean.
 
 Student construction reads only this table, never probes a model with `hasattr`. A family is keyed by
 `config.model_type`; RoBERTa and XLM-R share BERT's weight names, mBART and Marian share BART's.
+`EncoderDecoderModel` (`"encoder-decoder"`) is supported as bert2bert: its config keeps the encoder's and
+the decoder's fields in two BERT sub-configs, so its field names are dotted paths (`decoder.hidden_size`),
+read and written with `read_field` / `write_field`.
 
 Axis roles (one letter per tensor axis, in `Family.weights`):
 
@@ -30,6 +33,8 @@ Roles = tuple[str, ...]
 class Family:
     """Config field names and weight-name patterns of one model family.
 
+    Config fields are attribute names, or dotted paths into a sub-config (`encoder.hidden_size`).
+
     Attributes:
         name: the family's label in messages.
         width: config field of the residual width.
@@ -47,6 +52,13 @@ class Family:
             attention bias); a student's layer 0 takes them from the teacher's layer 0.
         fresh: regexes of parameters a student keeps from its own initialisation (Marian's sinusoidal
             positions, which are a function of the width, not learned).
+        tied_width: further config fields that hold the residual width and must equal `width`
+            (bert2bert: the decoder's width, because its cross-attention reads the encoder's states,
+            so one `D` role, one slice and one PCA basis serve both stacks).
+        subconfigs: for a composite config, `(attribute, model_type)` of each sub-config this table
+            is written for (bert2bert: a BERT encoder and a BERT decoder).
+        auto_model: the `transformers` Auto class that loads the hidden-state body of a saved model of
+            this family (`AutoModel` drops task heads; `EncoderDecoderModel` has no separate body).
     """
 
     name: str
@@ -62,6 +74,9 @@ class Family:
     norm_has_bias: bool = True
     first_layer_only: tuple[str, ...] = ()
     fresh: tuple[str, ...] = ()
+    tied_width: tuple[str, ...] = ()
+    subconfigs: tuple[tuple[str, str], ...] = ()
+    auto_model: str = "AutoModel"
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -75,6 +90,30 @@ class Family:
 
     def heads_field(self, stack: int) -> str:
         return self.heads[min(stack, len(self.heads) - 1)]
+
+    def width_of(self, config) -> int:
+        """The residual width; ValueError when a `tied_width` field disagrees with it."""
+        width = int(read_field(config, self.width))
+        for field in self.tied_width:
+            other = int(read_field(config, field))
+            if other != width:
+                raise ValueError(
+                    f"{self.name}: {self.width}={width} but {field}={other}; ckadistill keeps one residual "
+                    "width for both stacks (the decoder's cross-attention reads the encoder's states, so "
+                    "their key/value weights are cut with the same width); build the teacher with equal "
+                    "encoder and decoder widths (pairs joined by an enc_to_dec_proj are not supported)"
+                )
+        return width
+
+    def num_heads(self, config, stack: int) -> int:
+        """The head count of one stack (0 = encoder)."""
+        return int(read_field(config, self.heads_field(stack)))
+
+    def head_size(self, config, stack: int) -> int:
+        """The head dimension of one stack: the config's own field, else width // heads."""
+        if self.head_dim is not None:
+            return int(read_field(config, self.head_dim))
+        return self.width_of(config) // self.num_heads(config, stack)
 
     def roles(self, name: str) -> Roles:
         """The axis roles of parameter `name`; ValueError if the table does not cover it."""
@@ -95,8 +134,11 @@ class Family:
         return None
 
 
-def _bert_like_weights(lm_head: str) -> tuple[tuple[str, Roles], ...]:
-    """BERT, RoBERTa and XLM-R: one table, the MLM head's module name aside."""
+def _bert_body_weights() -> tuple[tuple[str, Roles], ...]:
+    """BERT's embeddings, layers and pooler (RoBERTa, XLM-R and both sides of bert2bert share them).
+
+    A bert2bert decoder's `crossattention.*` weights match the `attention.*` rows: their key and value
+    read the encoder's stream, which has the same width (`Family.tied_width`)."""
     return (
         (r"embeddings\.(word|position|token_type)_embeddings\.weight$", (K, D)),
         (r"(LayerNorm|layer_norm)\.(weight|bias)$", (D,)),
@@ -110,6 +152,22 @@ def _bert_like_weights(lm_head: str) -> tuple[tuple[str, Roles], ...]:
         (r"layer\.\d+\.output\.dense\.bias$", (D,)),
         (r"pooler\.dense\.weight$", (P, D)),
         (r"pooler\.dense\.bias$", (P,)),
+    )
+
+
+def _bert_mlm_head_weights(lm_head: str) -> tuple[tuple[str, Roles], ...]:
+    """A masked-LM (or bert2bert decoder) head: a transform in the residual basis, then a tied decoder."""
+    return (
+        (rf"^{lm_head}\.(transform\.)?dense\.weight$", (D, D)),
+        (rf"^{lm_head}\.(transform\.)?dense\.bias$", (D,)),
+        (rf"^{lm_head}\.decoder\.weight$", (K, D)),
+        (rf"^{lm_head}\.(decoder\.)?bias$", (K,)),
+    )
+
+
+def _bert_like_weights(lm_head: str) -> tuple[tuple[str, Roles], ...]:
+    """BERT, RoBERTa and XLM-R: one table, the MLM head's module name aside."""
+    classifiers: tuple[tuple[str, Roles], ...] = (
         # BertForSequenceClassification reads the pooler; RoBERTa's head reads the first token.
         (r"^classifier\.weight$", (K, P)),
         (r"^classifier\.bias$", (K,)),
@@ -117,12 +175,8 @@ def _bert_like_weights(lm_head: str) -> tuple[tuple[str, Roles], ...]:
         (r"^classifier\.dense\.bias$", (P,)),
         (r"^classifier\.out_proj\.weight$", (K, P)),
         (r"^classifier\.out_proj\.bias$", (K,)),
-        # Masked-LM heads: a transform that stays in the residual basis, then a tied decoder.
-        (rf"^{lm_head}\.(transform\.)?dense\.weight$", (D, D)),
-        (rf"^{lm_head}\.(transform\.)?dense\.bias$", (D,)),
-        (rf"^{lm_head}\.decoder\.weight$", (K, D)),
-        (rf"^{lm_head}\.(decoder\.)?bias$", (K,)),
     )
+    return _bert_body_weights() + classifiers + _bert_mlm_head_weights(lm_head)
 
 
 _BERT_STACKS = (("encoder", r"(?:^|\.)encoder\.layer\.(\d+)\."),)
@@ -258,6 +312,29 @@ _T5 = Family(
     first_layer_only=(r"relative_attention_bias\.weight$",),
 )
 
+# EncoderDecoderModel of a BertModel encoder and a BertLMHeadModel decoder (`is_decoder`,
+# `add_cross_attention`). Parameter names start with `encoder.` (the BertModel) and `decoder.bert.` /
+# `decoder.cls.`; the decoder's LM head is tied to its word embeddings when its config says so.
+# transformers 5 ignores `tie_encoder_decoder` (encoder and decoder keep their own tensors).
+_BERT2BERT = Family(
+    name="bert2bert (encoder-decoder)",
+    width="encoder.hidden_size",
+    layers=("encoder.num_hidden_layers", "decoder.num_hidden_layers"),
+    ffn=("encoder.intermediate_size", "decoder.intermediate_size"),
+    heads=("encoder.num_attention_heads", "decoder.num_attention_heads"),
+    head_dim=None,
+    vocab="decoder.vocab_size",
+    stacks=(
+        ("encoder", r"^encoder\.encoder\.layer\.(\d+)\."),
+        ("decoder", r"^decoder\.bert\.encoder\.layer\.(\d+)\."),
+    ),
+    weights=_bert_body_weights() + _bert_mlm_head_weights(r"decoder\.cls\.predictions"),
+    norms=r"LayerNorm\.(weight|bias)$",
+    tied_width=("decoder.hidden_size",),
+    subconfigs=(("encoder", "bert"), ("decoder", "bert")),
+    auto_model="AutoModelForSeq2SeqLM",
+)
+
 FAMILIES: dict[str, Family] = {
     "bert": _BERT,
     "roberta": _ROBERTA,
@@ -268,23 +345,50 @@ FAMILIES: dict[str, Family] = {
     # Marian's positions are sinusoids of the width: a narrower student computes its own.
     "marian": _bart_like("marian", fresh=(r"embed_positions\.weight$",)),
     "t5": _T5,
+    "encoder-decoder": _BERT2BERT,
 }
 
 
+def read_field(config, field: str):
+    """A config value by field name; a dotted name reads a sub-config (`decoder.hidden_size`)."""
+    value = config
+    for part in field.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def write_field(config, field: str, value) -> None:
+    """Set a config value by field name; a dotted name writes into a sub-config."""
+    *path, last = field.split(".")
+    for part in path:
+        config = getattr(config, part)
+    setattr(config, last, value)
+
+
 def get_family(config) -> Family:
-    """The family table of `config.model_type`; ValueError listing the supported types otherwise."""
+    """The family table of `config.model_type`; ValueError listing the supported types otherwise (and,
+    for a composite config, when its sub-configs are not the ones the table is written for)."""
     model_type = config.model_type
     if model_type not in FAMILIES:
         raise ValueError(
             f"model type {model_type!r} is not supported for student construction; "
             f"supported: {', '.join(sorted(FAMILIES))}"
         )
-    return FAMILIES[model_type]
+    family = FAMILIES[model_type]
+    for attribute, expected in family.subconfigs:
+        found = getattr(config, attribute).model_type
+        if found != expected:
+            wanted = ", ".join(f"{a} {t}" for a, t in family.subconfigs)
+            raise ValueError(
+                f"{model_type} with a {found!r} {attribute} is not supported for student construction; "
+                f"ckadistill supports {family.name}: {wanted}"
+            )
+    return family
 
 
 def num_encoder_layers(config) -> int:
     """Layers of the encoder (or of the only stack of an encoder-only model)."""
-    return int(getattr(config, get_family(config).layers[0]))
+    return int(read_field(config, get_family(config).layers[0]))
 
 
 def num_decoder_layers(config) -> int:
@@ -292,4 +396,4 @@ def num_decoder_layers(config) -> int:
     family = get_family(config)
     if not family.is_encoder_decoder:
         return 0
-    return int(getattr(config, family.layers[1]))
+    return int(read_field(config, family.layers[1]))

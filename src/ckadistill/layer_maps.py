@@ -190,7 +190,8 @@ def layer_map_for(
 ) -> LayerMap:
     """Resolve encoder and decoder maps for a teacher/student pair from their configs.
 
-    Layer counts come from `ckadistill.families` (ValueError for an unsupported `model_type`).
+    Layer counts come from `ckadistill.families` (ValueError for an unsupported `model_type`); a
+    bert2bert `EncoderDecoderConfig` reads them from its `encoder` and `decoder` sub-configs.
 
     For encoder-only pairs the decoder map is empty whatever keyword `decoder` holds (so the
     `uniform` default fits every family); explicit decoder pairs are an error there.

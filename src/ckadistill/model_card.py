@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ckadistill.families import FAMILIES, get_family, num_encoder_layers
+from ckadistill.families import FAMILIES, get_family, num_encoder_layers, read_field
 from ckadistill.metrics import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -32,9 +32,9 @@ def model_shape(model) -> dict[str, Any]:
         "model_type": config.model_type,
         "parameters": count_parameters(model),
         "layers": num_encoder_layers(config),
-        "hidden_size": int(getattr(config, family.width)),
-        "ffn_size": int(getattr(config, family.ffn_field(0))),
-        "heads": int(getattr(config, family.heads_field(0))),
+        "hidden_size": int(read_field(config, family.width)),
+        "ffn_size": int(read_field(config, family.ffn_field(0))),
+        "heads": int(read_field(config, family.heads_field(0))),
     }
 
 

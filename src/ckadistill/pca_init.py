@@ -2,7 +2,8 @@
 
 Like `slice`, but the student's residual width is the teacher's top-d_s principal directions measured on
 sample text instead of its first d_s coordinates; every weight reading or writing the residual stream is
-rotated into that basis (a Minitron-style width reduction). Used by `students.make_student(init="pca")`.
+rotated into that basis (a Minitron-style width reduction). Used by `students.make_student(init="pca")`;
+this module never imports `students` (the tensor cutting both use lives in `ckadistill.slicing`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from ckadistill.families import get_family
-from ckadistill.students import sliced_state_dict, teacher_key
+from ckadistill.slicing import sliced_state_dict, teacher_key
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,12 @@ def _teacher_batches(tokenizer, texts: list[str], max_length: int, batch_size: i
 @torch.no_grad()
 def _teacher_states(teacher: PreTrainedModel, ids: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
     """Every hidden state of the teacher's body, `(B, T, d_t)` each; an encoder-decoder reads the same
-    text on both sides (teacher forcing), so one mask serves all."""
+    text on both sides (teacher forcing), so one mask serves all.
+
+    The body is `base_model` (BartModel, T5Model, BertModel: task heads are not run). An
+    `EncoderDecoderModel` has no separate body (`base_model` is the model itself), so for bert2bert the
+    whole model runs, decoder LM head included, and its encoder and decoder states come back the same
+    way as BART's."""
     ids, mask = ids.to(teacher.device), mask.to(teacher.device)
     body = teacher.base_model
     if teacher.config.is_encoder_decoder:
@@ -59,14 +65,15 @@ def pca_basis(
     """The top-`width` principal directions of the teacher's residual stream on `texts`.
 
     One basis serves every layer (the residual connections carry one coordinate system through the
-    whole network, and encoder and decoder share the embedding matrix). Each hidden state's second
+    whole network; BART's encoder and decoder share the embedding matrix, and a decoder's
+    cross-attention reads the encoder's stream, so bert2bert's two stacks need one basis too). Each hidden state's second
     moment is normalised to unit trace before pooling, so no layer dominates by its scale. The
     moment is not centred: the weights act on the raw states, mean included.
 
     Returns:
         `(d_t, width)` orthonormal columns (fp32, CPU), and statistics for the provenance record.
     """
-    d_t = int(getattr(teacher.config, get_family(teacher.config).width))
+    d_t = get_family(teacher.config).width_of(teacher.config)
     moments: list[Tensor] = []
     tokens = 0
     for ids, mask in _teacher_batches(tokenizer, texts, max_length):
@@ -100,6 +107,10 @@ def _fit_norms(
     coordinate `j` gets the least-squares line from `Norm_s(Uᵀx)_j` to `(Uᵀ Norm_t(x))_j`, measured on
     the teacher's own norm inputs `x` (RMSNorm, T5: gain only, no intercept). Exact when the teacher's
     gain is constant and `U` spans the states; the best diagonal map otherwise.
+
+    A norm the body never runs (a masked-LM head's, when only `base_model` is run) has no samples: it
+    keeps its rotated bias and takes the mean of the teacher's gain as a constant gain, which is the
+    exact answer when that gain is constant.
     """
     family = get_family(teacher.config)
     teacher_keys = set(teacher.state_dict())
@@ -136,7 +147,15 @@ def _fit_norms(
             handle.remove()
 
     fitted: dict[str, Tensor] = {}
+    teacher_state = teacher.state_dict()
     for module, (s_x, s_xx, s_t, s_tx, n) in sums.items():
+        if not bool((n > 0).all()):
+            logger.info("pca: %s saw no tokens; its gain becomes the mean of the teacher's", module)
+            gain = teacher_state[f"{module}.weight"].detach().float().mean().cpu()
+            for name in modules[module]:
+                if name.endswith(".weight"):
+                    fitted[name] = torch.full((basis.shape[1],), float(gain))
+            continue
         if family.norm_has_bias:
             gain = (n * s_tx - s_x * s_t) / (n * s_xx - s_x**2).clamp_min(1e-12)
             bias = (s_t - gain * s_x) / n
@@ -163,7 +182,7 @@ def pca_state_dict(
     `d_s`-dimensional linear summary of it. FFN neurons and attention heads are the first ones, as in
     `slice`; normalisation layers are fitted (`_fit_norms`).
     """
-    width = int(getattr(student.config, get_family(student.config).width))
+    width = get_family(student.config).width_of(student.config)
     was_training = teacher.training
     teacher.eval()  # dropout off: the statistics describe the teacher the student will imitate
     try:

@@ -14,21 +14,29 @@ shrinks width, depth, FFN and head count as asked. Initialisations:
 
 Provenance (teacher, init, copied layers, layer maps, shrink factors, parameter counts) is stored as
 a plain dict in `student.config.ckadistill`, which survives `save_pretrained` / `from_pretrained`.
+
+An `EncoderDecoderModel` teacher (bert2bert) gives an `EncoderDecoderModel` student whose encoder and
+decoder sub-configs shrink together and keep one width (`Family.tied_width`); its top-level config
+(`decoder_start_token_id`, `pad_token_id`, and `eos_token_id` / `vocab_size` when the teacher sets them)
+is carried over, so the student generates like the teacher.
+
+Tensor cutting lives in `ckadistill.slicing`, which `pca_init` also uses: imports run one way,
+`students` -> `pca_init` -> `slicing` -> `families`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import re
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
-from ckadistill.families import A, D, Family, get_family
+from ckadistill.families import Family, get_family, read_field, write_field
 from ckadistill.layer_maps import evenly_spaced
+from ckadistill.pca_init import pca_state_dict
+from ckadistill.slicing import sliced_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +95,6 @@ def count_parameters(model: torch.nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _head_dim(config: PretrainedConfig, family: Family, stack: int) -> int:
-    if family.head_dim is not None:
-        return int(getattr(config, family.head_dim))
-    return int(getattr(config, family.width)) // int(getattr(config, family.heads_field(stack)))
-
-
 def _resolve_depths(
     family: Family, num_layers: int | None, encoder_layers: int | None, decoder_layers: int | None
 ) -> tuple[int | None, ...]:
@@ -135,35 +137,36 @@ def student_config(
     """
     family = get_family(teacher_config)
     config = copy.deepcopy(teacher_config)
-    d_t = int(getattr(teacher_config, family.width))
+    d_t = family.width_of(teacher_config)  # checks that bert2bert's encoder and decoder widths agree
     d_s = d_t if hidden_size is None else hidden_size
     if d_s < 1:
         raise ValueError(f"--hidden-size must be at least 1, got {d_s}")
-    setattr(config, family.width, d_s)
+    for field in (family.width, *family.tied_width):
+        write_field(config, field, d_s)
 
     depths = _resolve_depths(family, num_layers, encoder_layers, decoder_layers)
     for field, depth in zip(family.layers, depths, strict=True):
         if depth is not None:
-            setattr(config, field, depth)
+            write_field(config, field, depth)
 
     for stack in range(len(family.layers)):
         field = family.ffn_field(stack)
         if ffn_size is not None:
             if ffn_size < 1:
                 raise ValueError(f"--ffn-size must be at least 1, got {ffn_size}")
-            setattr(config, field, ffn_size)
+            write_field(config, field, ffn_size)
         else:
-            setattr(config, field, max(1, round(int(getattr(teacher_config, field)) * d_s / d_t)))
+            write_field(config, field, max(1, round(int(read_field(teacher_config, field)) * d_s / d_t)))
 
     for stack in range(len(family.layers)):
         field = family.heads_field(stack)
-        h_t = int(getattr(teacher_config, field))
+        h_t = family.num_heads(teacher_config, stack)
         if num_heads is not None:
             heads = num_heads
         elif (h_t * d_s) % d_t == 0:
             heads = h_t * d_s // d_t  # keeps the teacher's head dimension
         else:
-            hd_t = _head_dim(teacher_config, family, stack)
+            hd_t = family.head_size(teacher_config, stack)
             raise ValueError(
                 f"--hidden-size {d_s} is not a multiple of the teacher's head dimension {hd_t} "
                 f"({h_t} heads x {hd_t} = {d_t}); pass --heads explicitly"
@@ -172,102 +175,8 @@ def student_config(
             raise ValueError(f"--heads must be at least 1, got {heads}")
         if family.head_dim is None and d_s % heads != 0:
             raise ValueError(f"--heads {heads} must divide the width --hidden-size {d_s}")
-        setattr(config, field, heads)
+        write_field(config, field, heads)
     return config
-
-
-# ---------------------------------------------------------------------------------------------------
-# Slicing tensors
-# ---------------------------------------------------------------------------------------------------
-
-
-def _narrow_heads(
-    t: Tensor, axis: int, teacher_heads: tuple[int, int], student_heads: tuple[int, int]
-) -> Tensor:
-    """Keep the first `h_s` whole heads of an `(h_t·hd_t)` axis, and the first `hd_s` dims of each."""
-    (h_t, hd_t), (h_s, hd_s) = teacher_heads, student_heads
-    t = t.unflatten(axis, (h_t, hd_t))  # (..., h_t, hd_t, ...)
-    t = t.narrow(axis, 0, h_s).narrow(axis + 1, 0, hd_s)  # (..., h_s, hd_s, ...)
-    return t.flatten(axis, axis + 1)
-
-
-def _take(
-    t: Tensor,
-    roles: tuple[str, ...],
-    shape: torch.Size,
-    heads: tuple[tuple[int, int], tuple[int, int]] | None,
-    basis: Tensor | None,
-) -> Tensor:
-    """The student's block of teacher tensor `t`: residual axes (`D`) rotated by `basis` `(d_t, d_s)`
-    when given, else sliced; attention axes (`A`) per head; every other axis its first entries."""
-    for axis, role in enumerate(roles):
-        if role == A and heads is not None:
-            t = _narrow_heads(t, axis, *heads)
-        elif role == D and basis is not None:
-            t = torch.movedim(torch.tensordot(t, basis.to(t.dtype), dims=([axis], [0])), -1, axis)
-        else:
-            t = t.narrow(axis, 0, shape[axis])
-    if t.shape != shape:
-        raise ValueError(f"cannot cut a {tuple(shape)} block from a tensor of shape {tuple(t.shape)}")
-    return t
-
-
-def teacher_key(name: str, family: Family, layer_choice: list[list[int]], teacher_keys: set[str]) -> str:
-    """The teacher parameter that student parameter `name` is cut from."""
-    located = family.locate(name)
-    if located is None:
-        return name
-    stack, layer = located
-    _, pattern = family.stacks[stack]
-    found = re.search(pattern, name)
-    source = layer_choice[stack][layer]
-    key = name[: found.start(1)] + str(source) + name[found.end(1) :]
-    if key not in teacher_keys and any(re.search(p, name) for p in family.first_layer_only):
-        # T5 keeps the relative attention bias in block 0 only: the student's block 0 takes it there.
-        key = name[: found.start(1)] + "0" + name[found.end(1) :]
-    return key
-
-
-def sliced_state_dict(
-    teacher: PreTrainedModel,
-    student: PreTrainedModel,
-    layer_choice: list[list[int]],
-    *,
-    basis: Tensor | None = None,
-    norms: dict[str, Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """The student's full state dict cut from the teacher.
-
-    Args:
-        layer_choice: per stack, the 0-based teacher layer copied into each student layer.
-        basis: `(d_t, d_s)` orthonormal columns; residual axes are rotated into it instead of sliced.
-        norms: replacement values for normalisation parameters, by student parameter name.
-    """
-    family = get_family(teacher.config)
-    t_sd = teacher.state_dict()
-    heads_per_stack = [
-        (
-            (int(getattr(teacher.config, family.heads_field(s))), _head_dim(teacher.config, family, s)),
-            (int(getattr(student.config, family.heads_field(s))), _head_dim(student.config, family, s)),
-        )
-        for s in range(len(family.layers))
-    ]
-    teacher_keys = set(t_sd)
-    out = {}
-    for name, s_tensor in student.state_dict().items():
-        if any(re.search(p, name) for p in family.fresh):
-            out[name] = s_tensor
-            continue
-        if norms is not None and name in norms:
-            out[name] = norms[name].to(s_tensor.dtype)
-            continue
-        roles = family.roles(name)
-        located = family.locate(name)
-        heads = heads_per_stack[located[0]] if located is not None else None
-        key = teacher_key(name, family, layer_choice, teacher_keys)
-        t = _take(t_sd[key].detach().float().cpu(), roles, s_tensor.shape, heads, basis)
-        out[name] = t.to(s_tensor.dtype).clone()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,17 +192,18 @@ def _check_fits(
     flags += [(f, "--layers/--encoder-layers/--decoder-layers") for f in family.layers]
     flags += [(f, "--ffn-size") for f in family.ffn] + [(f, "--heads") for f in family.heads]
     for field, flag in flags:
-        t, s = int(getattr(teacher_config, field)), int(getattr(config, field))
+        t, s = int(read_field(teacher_config, field)), int(read_field(config, field))
         if s > t:
             raise ValueError(
                 f"--init {init} cuts the student out of the teacher, but {flag} asks {field}={s} "
                 f"> the teacher's {t}; shrink it or use --init random"
             )
     for stack in range(len(family.layers)):
-        if _head_dim(config, family, stack) > _head_dim(teacher_config, family, stack):
+        hd_s, hd_t = family.head_size(config, stack), family.head_size(teacher_config, stack)
+        if hd_s > hd_t:
             raise ValueError(
-                f"--init {init}: --heads gives a head dimension {_head_dim(config, family, stack)} larger "
-                f"than the teacher's {_head_dim(teacher_config, family, stack)}; use more heads"
+                f"--init {init}: --heads gives a head dimension {hd_s} larger than the teacher's {hd_t}; "
+                "use more heads"
             )
 
 
@@ -314,10 +224,12 @@ def make_student(
     """A student of the teacher's class, shrunk and initialised from it.
 
     Args:
-        teacher: any model of a family in `ckadistill.families.FAMILIES`, with or without a task head.
-        hidden_size, ffn_size, num_heads: student widths (defaults in `student_config`).
+        teacher: any model of a family in `ckadistill.families.FAMILIES`, with or without a task head,
+            or a bert2bert `EncoderDecoderModel`.
+        hidden_size, ffn_size, num_heads: student widths (defaults in `student_config`); a bert2bert
+            student's encoder and decoder both take them.
         num_layers: depth of an encoder-only student; `encoder_layers` / `decoder_layers` for
-            encoder-decoders. `None` keeps the teacher's depth.
+            encoder-decoders (bert2bert included). `None` keeps the teacher's depth.
         init: one of `INITS`.
         init_texts, tokenizer: sample text and the teacher's tokenizer, needed by `pca` only.
         seed: seeds the random initialisation (every init starts from it).
@@ -337,8 +249,8 @@ def make_student(
         ffn_size=ffn_size,
         num_heads=num_heads,
     )
-    d_t, d_s = int(getattr(teacher.config, family.width)), int(getattr(config, family.width))
-    depths = [(int(getattr(teacher.config, f)), int(getattr(config, f))) for f in family.layers]
+    d_t, d_s = family.width_of(teacher.config), family.width_of(config)
+    depths = [(int(read_field(teacher.config, f)), int(read_field(config, f))) for f in family.layers]
     if init != "random":
         _check_fits(teacher.config, config, family, init)
     if init == "copy" and d_s != d_t:
@@ -364,8 +276,6 @@ def make_student(
     if init in ("slice", "copy"):
         student.load_state_dict(sliced_state_dict(teacher, student, layer_choice), strict=True)
     elif init == "pca":
-        from ckadistill.pca_init import pca_state_dict  # imports this module
-
         state, extra = pca_state_dict(teacher, student, layer_choice, init_texts, tokenizer)
         student.load_state_dict(state, strict=True)
     student.to(device=teacher.device, dtype=teacher.dtype).eval()  # as `from_pretrained` returns it
@@ -383,7 +293,7 @@ def make_student(
         "shrink": {
             "width": d_t / d_s,
             **{f"{s}_depth": n_t / n_s for s, (n_t, n_s) in zip(stacks, depths, strict=True)},
-            "ffn": int(getattr(teacher.config, family.ffn[0])) / int(getattr(config, family.ffn[0])),
+            "ffn": int(read_field(teacher.config, family.ffn[0])) / int(read_field(config, family.ffn[0])),
         },
         "teacher_parameters": n_teacher,
         "student_parameters": n_student,

@@ -6,6 +6,9 @@ writes `encoder.png` / `encoder.csv` (and `decoder.png` / `decoder.csv` for enco
 output folder: rows are teacher hidden states, columns student hidden states, 0 = embeddings, and the
 pairs of the chosen layer maps are boxed on the heatmaps.
 
+Models load with the Auto class their family names (`AutoModel`, which drops task heads; a bert2bert
+`EncoderDecoderModel` through `AutoModelForSeq2SeqLM`, since `AutoModel` does not map it).
+
 Data: `.txt` (one text per line), `.csv` or `.jsonl` (the `--text-column` field). Encoder-decoders feed
 the encoder the text and the decoder the `--target-column` field when given, else the text itself.
 The decoder reads the tokenised target as it is (not shifted right): the comparison only needs both
@@ -164,19 +167,25 @@ def main(argv: list[str]) -> int:
             print(f"ckadistill cka-map: error: {flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
+    from ckadistill.families import get_family, read_field
     from ckadistill.layer_maps import layer_map_for
 
-    # Phase 1: layer maps and data, checked before any weights load.
+    # Phase 1: layer maps, vocabularies and data, checked before any weights load.
+    teacher_config = AutoConfig.from_pretrained(args.teacher)
+    student_config = AutoConfig.from_pretrained(args.student)
     try:
-        layer_map = layer_map_for(
-            AutoConfig.from_pretrained(args.teacher),
-            AutoConfig.from_pretrained(args.student),
-            args.encoder_map,
-            args.decoder_map,
-        )
+        layer_map = layer_map_for(teacher_config, student_config, args.encoder_map, args.decoder_map)
+        t_family, s_family = get_family(teacher_config), get_family(student_config)
+        t_vocab = int(read_field(teacher_config, t_family.vocab))
+        s_vocab = int(read_field(student_config, s_family.vocab))
+        if t_vocab != s_vocab:
+            raise ValueError(
+                f"teacher and student vocabularies differ ({t_vocab} vs {s_vocab}); both must read the same tokens"
+            )
         texts, targets = read_texts(args.data, args.text_column, args.target_column, args.max_samples)
     except ValueError as err:
         print(f"ckadistill cka-map: error: {err}", file=sys.stderr)
@@ -188,15 +197,8 @@ def main(argv: list[str]) -> int:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher)
-    teacher = AutoModel.from_pretrained(args.teacher).to(device)
-    student = AutoModel.from_pretrained(args.student).to(device)
-    if teacher.config.vocab_size != student.config.vocab_size:
-        print(
-            f"ckadistill cka-map: error: teacher and student vocabularies differ ({teacher.config.vocab_size} vs "
-            f"{student.config.vocab_size}); both must read the same tokens",
-            file=sys.stderr,
-        )
-        return 2
+    teacher = getattr(transformers, t_family.auto_model).from_pretrained(args.teacher).to(device)
+    student = getattr(transformers, s_family.auto_model).from_pretrained(args.student).to(device)
     encoder_decoder = bool(teacher.config.is_encoder_decoder)
     batches = make_batches(
         tokenizer,

@@ -1,4 +1,8 @@
-"""`ckadistill make-student`: build a smaller student from a teacher and save it with the tokenizer."""
+"""`ckadistill make-student`: build a smaller student from a teacher and save it with the tokenizer.
+
+The teacher folder may hold any family of `ckadistill.families`, a bert2bert `EncoderDecoderModel`
+included (its encoder and decoder shrink together: `--hidden-size`, `--encoder-layers`, `--decoder-layers`).
+"""
 
 from __future__ import annotations
 
