@@ -14,15 +14,23 @@ from ckadistill.config import (
     DistillArguments,
     DistillModelArguments,
     FinetuneModelArguments,
+    GenerationArguments,
     parse_config,
     save_config,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(CONFIGS.glob("*.yaml"))
+# The dataclasses each command parses, in its order (ckadistill.commands.distill / finetune).
 COMMAND_TYPES = {
-    "distill": (DistillModelArguments, DataArguments, DistillArguments, ClassificationTrainingArguments),
-    "finetune": (FinetuneModelArguments, DataArguments, ClassificationTrainingArguments),
+    "distill": (
+        DistillModelArguments,
+        DataArguments,
+        DistillArguments,
+        ClassificationTrainingArguments,
+        GenerationArguments,
+    ),
+    "finetune": (FinetuneModelArguments, DataArguments, ClassificationTrainingArguments, GenerationArguments),
 }
 DISTILL = COMMAND_TYPES["distill"]
 
@@ -51,7 +59,8 @@ def test_preset_parses(path, tmp_path):
     for key, value in values.items():
         if key not in ("output_dir", "report_to", "eval_strategy", "save_strategy", "lr_scheduler_type"):
             assert merged[key] == value, key
-    assert parsed[-1].output_dir == str(tmp_path)
+    training = next(obj for obj in parsed if isinstance(obj, ClassificationTrainingArguments))
+    assert training.output_dir == str(tmp_path)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
@@ -72,7 +81,7 @@ BASE = {"teacher": "t", "student_layers": 2, "train_file": "train.csv", "output_
 
 def test_flags_override_yaml(tmp_path):
     config = write_yaml(tmp_path, {**BASE, "alpha_kd": 0.5, "hidden_loss": "cosine", "max_steps": 7})
-    model, data, distill, training = parse_config(
+    model, data, distill, training, _generation = parse_config(
         DISTILL, [config, "--alpha_kd", "0.25", "--cka_sqrt", "--max_steps", "9"], prog="test"
     )
     assert distill.alpha_kd == 0.25 and distill.hidden_loss == "cosine" and distill.cka_sqrt is True
@@ -81,7 +90,7 @@ def test_flags_override_yaml(tmp_path):
 
 
 def test_flags_alone_and_quick_run_defaults():
-    model, _, distill, training = parse_config(DISTILL, ["--teacher", "t", "--student", "s"], prog="test")
+    model, _, distill, training, _ = parse_config(DISTILL, ["--teacher", "t", "--student", "s"], prog="test")
     assert model.student == "s" and distill.hidden_loss == "cka" and distill.hidden_reduction == "sum"
     assert training.report_to in ("none", []) and training.learning_rate == 1e-4
 
@@ -129,7 +138,7 @@ def test_saved_config_round_trips(tmp_path):
     saved = save_config(tmp_path / "resolved.yaml", *parsed, header="ckadistill distill")
     assert saved.read_text().startswith("# ckadistill distill\n")
     again = parse_config(DISTILL, [str(saved)], prog="test")
-    assert again[:3] == parsed[:3]
+    assert again[:3] == parsed[:3] and again[4] == parsed[4]
     assert again[3].learning_rate == 3e-5 and again[3].report_to == parsed[3].report_to
     assert "hub_token" not in yaml.safe_load(saved.read_text())
 

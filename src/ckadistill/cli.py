@@ -24,9 +24,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Print which student layer learns from which teacher layer.",
     ),
     "cka-map": ("ckadistill.commands.cka_map", "Teacher x student layer CKA on sample text (PNG + CSV)."),
-    "finetune": ("ckadistill.commands.finetune", "Fine-tune a teacher on a classification task."),
+    "finetune": (
+        "ckadistill.commands.finetune",
+        "Fine-tune a teacher (classification, summarization, translation).",
+    ),
     "distill": ("ckadistill.commands.distill", "Distil a teacher into a student (CONFIG.yaml + flags)."),
     "evaluate": ("ckadistill.commands.evaluate", "Metrics, size and speed of several models side by side."),
+    "pseudo-label": (
+        "ckadistill.commands.pseudo_label",
+        "Write a seq2seq teacher's outputs for a data file (sequence-level KD targets).",
+    ),
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ckadistill.families import FAMILIES, get_family, num_encoder_layers, read_field
+from ckadistill.families import FAMILIES, get_family, num_decoder_layers, num_encoder_layers, read_field
 from ckadistill.metrics import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -22,13 +22,14 @@ logger = logging.getLogger(__name__)
 def model_shape(model) -> dict[str, Any]:
     """Parameters, layers, width, FFN size and heads of an encoder, read through the family table.
 
-    Model types outside the table (a fine-tuned teacher of another family) show only their size.
+    Encoder-decoders add `decoder_layers` (`layers` is then the encoder's). Model types outside the
+    table (a fine-tuned teacher of another family) show only their size.
     """
     config = model.config
     if config.model_type not in FAMILIES:
         return {"model_type": config.model_type, "parameters": count_parameters(model)}
     family = get_family(config)
-    return {
+    shape = {
         "model_type": config.model_type,
         "parameters": count_parameters(model),
         "layers": num_encoder_layers(config),
@@ -36,6 +37,9 @@ def model_shape(model) -> dict[str, Any]:
         "ffn_size": int(read_field(config, family.ffn_field(0))),
         "heads": int(read_field(config, family.heads_field(0))),
     }
+    if family.is_encoder_decoder:
+        shape["decoder_layers"] = num_decoder_layers(config)
+    return shape
 
 
 def _metrics_table(metrics: Mapping[str, float]) -> list[str]:
@@ -62,9 +66,11 @@ def _metrics_table(metrics: Mapping[str, float]) -> list[str]:
 def _shape_table(shapes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     header = "| | " + " | ".join(name for name, _ in shapes) + " |"
     lines = [header, "|---|" + "---:|" * len(shapes)]
+    seq2seq = any("decoder_layers" in shape for _, shape in shapes)
+    rows = [("parameters", "parameters"), ("layers", "encoder layers" if seq2seq else "layers")]
+    rows += [("decoder_layers", "decoder layers")] if seq2seq else []
     for key, label in (
-        ("parameters", "parameters"),
-        ("layers", "layers"),
+        *rows,
         ("hidden_size", "hidden size"),
         ("ffn_size", "FFN size"),
         ("heads", "attention heads"),
@@ -83,12 +89,14 @@ def write_model_card(
     title: str,
     summary: str,
     metrics: Mapping[str, float],
-    labels: Sequence[str],
+    labels: Sequence[str] | None,
     data: Mapping[str, Any],
     training: Mapping[str, Any],
     teacher=None,
     teacher_name: str | None = None,
     distillation: Mapping[str, Any] | None = None,
+    pipeline_tag: str = "text-classification",
+    usage: Sequence[str] | None = None,
 ) -> Path:
     """Write `README.md` into `output_dir` and return its path.
 
@@ -96,16 +104,19 @@ def write_model_card(
         model: the saved model (its shape and `config.ckadistill` provenance are read).
         title, summary: heading and first paragraph.
         metrics: flat metric dictionary (`eval_*`, `test_*`, `teacher_eval_*`, ... keys).
-        labels: class names in id order (empty for regression).
+        labels: class names in id order (empty for regression); None for models without labels
+            (summarization, translation).
         data, training: settings shown as bullet lists (e.g. data files, learning rate).
         teacher, teacher_name: the teacher model and its name, for distilled students.
         distillation: loss settings (weights, temperature, hidden loss, layer map), for students.
+        pipeline_tag: the Hub task tag in the card's metadata.
+        usage: lines of Python for the Usage section (default: a text-classification pipeline).
     """
     shape = model_shape(model)
     lines = [
         "---",
         "library_name: transformers",
-        "pipeline_tag: text-classification",
+        f"pipeline_tag: {pipeline_tag}",
         "tags:",
         "- ckadistill",
         *(["- knowledge-distillation", "- cka"] if distillation is not None else []),
@@ -129,10 +140,11 @@ def write_model_card(
         lines += ["", f"Compression: {compression:.2f}× fewer parameters than the teacher `{teacher_name}`."]
     else:
         lines += _shape_table([("model", shape)])
-    lines += [
-        "",
-        "Labels: " + (", ".join(f"`{name}`" for name in labels) if labels else "regression (one output)"),
-    ]
+    if labels is not None:
+        lines += [
+            "",
+            "Labels: " + (", ".join(f"`{name}`" for name in labels) if labels else "regression (one output)"),
+        ]
     if distillation is not None:
         lines += ["", "## Distillation", ""]
         lines += [f"- {key}: `{value}`" for key, value in distillation.items()]
@@ -143,15 +155,19 @@ def write_model_card(
     provenance = model.config.to_dict().get("ckadistill")
     if provenance:
         lines += ["", "## Provenance", "", "```json", json.dumps(provenance, indent=2, default=str), "```"]
+    if usage is None:
+        usage = [
+            "from transformers import pipeline",
+            "",
+            'classifier = pipeline("text-classification", model="path/to/this/folder")',
+            'print(classifier("a sentence to classify"))',
+        ]
     lines += [
         "",
         "## Usage",
         "",
         "```python",
-        "from transformers import pipeline",
-        "",
-        'classifier = pipeline("text-classification", model="path/to/this/folder")',
-        'print(classifier("a sentence to classify"))',
+        *usage,
         "```",
         "",
         "Made with ckadistill (hidden-state distillation with Centered Kernel Alignment, "

@@ -1,7 +1,9 @@
-"""`ckadistill distill [CONFIG.yaml] [--flag value ...]`: distil a classification teacher into a student.
+"""`ckadistill distill [CONFIG.yaml] [--flag value ...]`: distil a teacher into a smaller student.
 
-The YAML file supplies values, flags override them; see `configs/classification_cka.yaml` and
-`ckadistill distill --help` for every flag.
+`--task classification` (the default) distils a sequence classifier; `--task summarization` or
+`translation` an encoder-decoder (BART, mBART, T5, Marian, bert2bert), matching encoder and decoder
+hidden states and scoring generated text. The YAML file supplies values, flags override them; see
+`configs/classification_cka.yaml`, `configs/summarization_cka.yaml` and `ckadistill distill --help`.
 """
 
 from __future__ import annotations
@@ -13,24 +15,38 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
-    from ckadistill.classification import run_distill
     from ckadistill.config import (
-        ClassificationTrainingArguments,
         DataArguments,
         DistillArguments,
         DistillModelArguments,
+        GenerationArguments,
+        TaskTrainingArguments,
         parse_config,
     )
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        model_args, data_args, distill_args, training_args = parse_config(
-            (DistillModelArguments, DataArguments, DistillArguments, ClassificationTrainingArguments),
+        model_args, data_args, distill_args, training_args, generation_args = parse_config(
+            (
+                DistillModelArguments,
+                DataArguments,
+                DistillArguments,
+                TaskTrainingArguments,
+                GenerationArguments,
+            ),
             argv,
             prog="ckadistill distill",
-            description="Distil a fine-tuned classification teacher into a smaller student (CKA by default).",
+            description="Distil a fine-tuned teacher into a smaller student (CKA by default): a classifier "
+            "(--task classification), or an encoder-decoder (--task summarization or translation).",
         )
-        metrics = run_distill(model_args, data_args, distill_args, training_args)
+        if data_args.is_seq2seq:
+            from ckadistill.tasks.seq2seq import run_distill
+
+            metrics = run_distill(model_args, data_args, distill_args, training_args, generation_args)
+        else:
+            from ckadistill.classification import run_distill
+
+            metrics = run_distill(model_args, data_args, distill_args, training_args)
     except ValueError as err:
         logger.debug("distill failed", exc_info=True)
         print(f"ckadistill distill: error: {err}", file=sys.stderr)

@@ -1,7 +1,10 @@
-"""`ckadistill evaluate MODEL_DIR [MODEL_DIR ...] --data FILE [--split test] [--output FILE]`.
+"""`ckadistill evaluate MODEL_DIR [MODEL_DIR ...] --data FILE [--task TASK] [--split test] [--output FILE]`.
 
-Task metrics, parameter counts and speed (examples/s at batch 1 and 32) of saved classifiers, side by
-side as a Markdown table; the first model is the reference for compression and speed-up.
+Task metrics, parameter counts and speed of saved models, side by side as a Markdown table; the first
+model is the reference for compression and speed-up. Classifiers (`--task classification`, the
+default): examples/s at batch 1 and 32. Encoder-decoders (`--task summarization` or `translation`):
+ROUGE or BLEU/chrF of generated text (`--num_beams`, `--max_new_tokens`, ...) and the latency of
+generating a fixed number of tokens (`--latency_*`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ def main(argv: list[str]) -> int:
     import torch
     from transformers import HfArgumentParser
 
-    from ckadistill.classification import evaluate_models
-    from ckadistill.config import DataArguments
-    from ckadistill.metrics import results_table
+    from ckadistill.config import DataArguments, GenerationArguments
 
     parser = HfArgumentParser(
-        DataArguments,
+        (DataArguments, GenerationArguments),
         prog="ckadistill evaluate",
-        usage="ckadistill evaluate MODEL_DIR [MODEL_DIR ...] --data FILE [--split test] [--output FILE] [--flag value ...]",
-        description="Metrics, size and speed of saved classifiers side by side (the first is the reference).",
+        usage="ckadistill evaluate MODEL_DIR [MODEL_DIR ...] --data FILE [--task TASK] [--split test] "
+        "[--output FILE] [--flag value ...]",
+        description="Metrics, size and speed of saved classifiers (--task classification) or encoder-decoders "
+        "(--task summarization / translation) side by side (the first is the reference).",
     )
     parser.add_argument(
         "model_dirs", nargs="+", metavar="MODEL_DIR", help="Saved models; the first is the reference."
@@ -36,9 +39,29 @@ def main(argv: list[str]) -> int:
         "--split", default="test", help="Split to score: the split --data becomes, or a hub split."
     )
     parser.add_argument("--output", help="Also write the Markdown table to this file.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Batch size for the metrics pass.")
     parser.add_argument(
-        "--speed_examples", type=int, default=64, help="Examples timed at batch 1 and batch 32."
+        "--batch_size", type=int, default=32, help="Batch size for the metrics pass (classification)."
+    )
+    parser.add_argument(
+        "--speed_examples",
+        type=int,
+        default=64,
+        help="Examples timed at batch 1 and batch 32 (classification).",
+    )
+    parser.add_argument(
+        "--latency_batch_size",
+        type=int,
+        default=16,
+        help="Generation latency is timed at batch 1 and at this batch size (summarization, translation).",
+    )
+    parser.add_argument(
+        "--latency_new_tokens",
+        type=int,
+        default=32,
+        help="Tokens every model generates per example when timed, whatever it would stop at.",
+    )
+    parser.add_argument(
+        "--latency_examples", type=int, default=32, help="First examples of the split timed for latency."
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     parser.add_argument(
@@ -46,7 +69,9 @@ def main(argv: list[str]) -> int:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
-        data_args, extra = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        data_args, generation_args, extra = parser.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False
+        )
         if extra.data is not None:
             if Path(extra.data).exists():
                 data_args = dataclasses.replace(
@@ -59,14 +84,31 @@ def main(argv: list[str]) -> int:
                 data_args = dataclasses.replace(data_args, dataset_name=extra.data)
         if extra.threads is not None:
             torch.set_num_threads(extra.threads)
-        rows = evaluate_models(
-            extra.model_dirs,
-            data_args,
-            split=extra.split,
-            batch_size=extra.batch_size,
-            speed_examples=extra.speed_examples,
-            device=extra.device,
-        )
+        if data_args.is_seq2seq:
+            from ckadistill.tasks.seq2seq import evaluate_models, results_table
+
+            rows = evaluate_models(
+                extra.model_dirs,
+                data_args,
+                generation_args,
+                split=extra.split,
+                latency_batch_size=extra.latency_batch_size,
+                latency_new_tokens=extra.latency_new_tokens,
+                latency_examples=extra.latency_examples,
+                device=extra.device,
+            )
+        else:
+            from ckadistill.classification import evaluate_models
+            from ckadistill.metrics import results_table
+
+            rows = evaluate_models(
+                extra.model_dirs,
+                data_args,
+                split=extra.split,
+                batch_size=extra.batch_size,
+                speed_examples=extra.speed_examples,
+                device=extra.device,
+            )
     except (ValueError, OSError) as err:
         logger.debug("evaluate failed", exc_info=True)
         print(f"ckadistill evaluate: error: {err}", file=sys.stderr)

@@ -1,7 +1,8 @@
-"""`ckadistill finetune [CONFIG.yaml] [--flag value ...]`: fine-tune a teacher for classification.
+"""`ckadistill finetune [CONFIG.yaml] [--flag value ...]`: fine-tune a teacher.
 
-The YAML file supplies values, flags override them; see `configs/finetune_teacher.yaml` and
-`ckadistill finetune --help` for every flag.
+`--task classification` (the default) fine-tunes a sequence classifier; `--task summarization` or
+`translation` an encoder-decoder, scored on generated text. The YAML file supplies values, flags
+override them; see `configs/finetune_teacher.yaml` and `ckadistill finetune --help` for every flag.
 """
 
 from __future__ import annotations
@@ -13,23 +14,31 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
-    from ckadistill.classification import run_finetune
     from ckadistill.config import (
-        ClassificationTrainingArguments,
         DataArguments,
         FinetuneModelArguments,
+        GenerationArguments,
+        TaskTrainingArguments,
         parse_config,
     )
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        model_args, data_args, training_args = parse_config(
-            (FinetuneModelArguments, DataArguments, ClassificationTrainingArguments),
+        model_args, data_args, training_args, generation_args = parse_config(
+            (FinetuneModelArguments, DataArguments, TaskTrainingArguments, GenerationArguments),
             argv,
             prog="ckadistill finetune",
-            description="Fine-tune a base model or checkpoint into a sequence-classification teacher.",
+            description="Fine-tune a base model or checkpoint into a teacher: a sequence classifier "
+            "(--task classification), or an encoder-decoder (--task summarization or translation).",
         )
-        metrics = run_finetune(model_args, data_args, training_args)
+        if data_args.is_seq2seq:
+            from ckadistill.tasks.seq2seq import run_finetune
+
+            metrics = run_finetune(model_args, data_args, training_args, generation_args)
+        else:
+            from ckadistill.classification import run_finetune
+
+            metrics = run_finetune(model_args, data_args, training_args)
     except ValueError as err:
         logger.debug("finetune failed", exc_info=True)
         print(f"ckadistill finetune: error: {err}", file=sys.stderr)
