@@ -174,6 +174,7 @@ def generate(
     max_source_length: int,
     forced_bos_token_id: int | None = None,
     device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> list[str]:
     """Generate one output text per source, in order, in batches of `--generation_batch_size`.
 
@@ -187,6 +188,7 @@ def generate(
         forced_bos_token_id: the target language code of mBART-50 / M2M100 / NLLB models
             (`forced_bos_token_id()`), else None.
         device: where to run (default: the model's device).
+        progress: show a progress bar (callers with a bar of their own turn it off).
 
     Returns:
         `N` decoded texts, special tokens removed, stripped.
@@ -204,7 +206,9 @@ def generate(
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(sources), size), desc="Generating", unit="batch"):
+            for start in tqdm(
+                range(0, len(sources), size), desc="Generating", unit="batch", disable=not progress
+            ):
                 texts = [prefix + s for s in sources[start : start + size]]
                 batch = tokenizer(
                     texts,
