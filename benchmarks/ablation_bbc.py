@@ -33,7 +33,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ckadistill.bbc import write_splits
-from ckadistill.classification import run_distill, run_finetune
 from ckadistill.config import (
     ClassificationTrainingArguments,
     DataArguments,
@@ -42,6 +41,7 @@ from ckadistill.config import (
     FinetuneModelArguments,
 )
 from ckadistill.quickstart import QuickstartArguments, default_cache_dir, minilm_path, train_teacher
+from ckadistill.tasks.classification import run_distill, run_finetune
 
 logger = logging.getLogger("ablation_bbc")
 LOW_LABEL_FRACTION = 0.1

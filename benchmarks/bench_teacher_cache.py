@@ -20,7 +20,6 @@ import torch
 import transformers
 
 from ckadistill.bbc import write_splits
-from ckadistill.classification import run_distill
 from ckadistill.config import (
     ClassificationTrainingArguments,
     DataArguments,
@@ -28,6 +27,7 @@ from ckadistill.config import (
     DistillModelArguments,
 )
 from ckadistill.quickstart import QuickstartArguments, default_cache_dir
+from ckadistill.tasks.classification import run_distill
 
 
 def distil(teacher: Path, train: Path, out: Path, *, cache: bool, args) -> tuple[float, float]:

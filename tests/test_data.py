@@ -9,14 +9,8 @@ import pytest
 from transformers import BertConfig
 
 from ckadistill.config import DataArguments
-from ckadistill.data import (
-    UNLABELLED,
-    check_vocab_compatible,
-    encode_splits,
-    labelled_rows,
-    load_raw_splits,
-    resolve_label_space,
-)
+from ckadistill.data import check_vocab_compatible, load_raw_splits
+from ckadistill.tasks.classification_data import UNLABELLED, encode_splits, labelled_rows, resolve_label_space
 from conftest import SENTENCES
 
 LABELS = ["b", "a", "c", "a", "b", "c", "a", "b", "c", "a"]

@@ -374,3 +374,28 @@ def test_distill_cli_with_cache(teacher_dir, train_csv, tmp_path):
     logs = [entry for entry in log_history(out) if "loss/hidden" in entry]
     assert logs and all(math.isfinite(entry["loss/hidden"]) for entry in logs)
     assert (out / "model.safetensors").is_file()
+
+
+def test_freeze_bottom_layers_leaves_only_the_top_trainable():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ckadistill.tasks.classification import freeze_bottom_layers
+
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32
+        )
+    )
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    frozen = freeze_bottom_layers(model, 3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        n.startswith(("bert.encoder.layer.3.", "bert.pooler.", "classifier.")) for n in trainable
+    )
+    assert frozen == sum(p.numel() for n, p in model.named_parameters() if n not in trainable)
+    assert (
+        any(n.startswith("bert.embeddings.") for n in before)
+        and "bert.embeddings.word_embeddings.weight" not in trainable
+    )
+    with pytest.raises(ValueError, match="--freeze_layers 4"):
+        freeze_bottom_layers(model, 4)

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
-from ckadistill.classification import evaluate_models
 from ckadistill.commands.distill import main as distill_main
 from ckadistill.commands.evaluate import main as evaluate_main
 from ckadistill.commands.finetune import main as finetune_main
 from ckadistill.config import DataArguments
-from ckadistill.metrics import results_table
+from ckadistill.tasks.classification import evaluate_models
+from ckadistill.tasks.classification_metrics import results_table
 from conftest import SENTENCES
 from test_distill_cli import TOPICS, save_model, tiny_bert, topic_rows, write_csv
 

@@ -17,7 +17,6 @@ from safetensors import safe_open
 from tokenizers import processors
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, BartForConditionalGeneration
 
-from ckadistill.classification import CONFIG_FILE
 from ckadistill.commands.distill import main as distill_main
 from ckadistill.commands.evaluate import main as evaluate_main
 from ckadistill.commands.finetune import main as finetune_main
@@ -31,6 +30,7 @@ from ckadistill.config import (
     parse_config,
 )
 from ckadistill.families import FAMILIES
+from ckadistill.runs import CONFIG_FILE
 from ckadistill.tasks.seq2seq import results_table
 from conftest import SENTENCES, build_tokenizer
 from test_distill_cli import TOPICS, save_model, tiny_bert, write_csv

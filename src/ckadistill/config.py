@@ -1,4 +1,4 @@
-"""Typed configuration for the classification commands: dataclasses, YAML presets and flag overrides.
+"""Typed configuration of the commands: dataclasses, YAML presets and flag overrides.
 
 One dataclass per concern, each field with a `help` string, validated in `__post_init__` with errors
 that name the flag and the fix. `parse_config` reads an optional YAML file first and then lets
@@ -169,7 +169,8 @@ class DistillModelArguments:
     teacher: str | None = field(
         default=None,
         metadata={
-            "help": "Directory (or hub name) of a fine-tuned sequence-classification teacher (required)."
+            "help": "Directory (or hub name) of the fine-tuned teacher: a sequence classifier, or an encoder-decoder "
+            "for --task summarization / translation (required)."
         },
     )
     student: str | None = field(
@@ -221,7 +222,7 @@ class DistillModelArguments:
 
     def __post_init__(self):
         if not self.teacher:
-            raise ValueError("--teacher is required: the directory of a fine-tuned classification teacher")
+            raise ValueError("--teacher is required: the directory of a fine-tuned teacher model")
         for name, value in self.shape_flags().items():
             if value < 1:
                 raise ValueError(f"--{name} must be >= 1, got {value}")
@@ -240,17 +241,27 @@ class DistillModelArguments:
 
 @dataclass
 class FinetuneModelArguments:
-    """The model to fine-tune into a classification teacher."""
+    """The model to fine-tune into a teacher (a classifier, or an encoder-decoder for seq2seq tasks)."""
 
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Base model or checkpoint directory (or hub name) to fine-tune (required)."},
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer (default: the model's)."})
+    freeze_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Fine-tune only the top of a BERT-like classifier: keep the embeddings and the bottom N "
+            "encoder layers fixed (0 = train everything). Steps get cheaper, since the backward pass stops "
+            "at layer N+1."
+        },
+    )
 
     def __post_init__(self):
         if not self.model_name_or_path:
             raise ValueError("--model_name_or_path is required: the base model or checkpoint to fine-tune")
+        if self.freeze_layers < 0:
+            raise ValueError(f"--freeze_layers must be >= 0 (0 trains every layer), got {self.freeze_layers}")
 
 
 @dataclass
@@ -383,9 +394,7 @@ class TaskTrainingArguments(Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` with defaults suited to short distillation runs (all other fields
     unchanged). The seq2seq fields (`predict_with_generate`, ...) are inert for classification."""
 
-    output_dir: str | None = field(
-        default="outputs/classification", metadata={"help": "Where the model is written."}
-    )
+    output_dir: str | None = field(default="outputs/model", metadata={"help": "Where the model is written."})
     learning_rate: float = field(
         default=1e-4, metadata={"help": "Peak AdamW learning rate (the paper's task rate)."}
     )

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
 
             metrics = run_distill(model_args, data_args, distill_args, training_args, generation_args)
         else:
-            from ckadistill.classification import run_distill
+            from ckadistill.tasks.classification import run_distill
 
             metrics = run_distill(model_args, data_args, distill_args, training_args)
     except ValueError as err:

@@ -98,8 +98,8 @@ def main(argv: list[str]) -> int:
                 device=extra.device,
             )
         else:
-            from ckadistill.classification import evaluate_models
-            from ckadistill.metrics import results_table
+            from ckadistill.tasks.classification import evaluate_models
+            from ckadistill.tasks.classification_metrics import results_table
 
             rows = evaluate_models(
                 extra.model_dirs,

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
 
             metrics = run_finetune(model_args, data_args, training_args, generation_args)
         else:
-            from ckadistill.classification import run_finetune
+            from ckadistill.tasks.classification import run_finetune
 
             metrics = run_finetune(model_args, data_args, training_args)
     except ValueError as err:

@@ -1,6 +1,6 @@
 """Typed entry points for summarisation and translation: fine-tune a teacher, distil a student, evaluate models.
 
-The encoder-decoder counterparts of `ckadistill.classification`, in the same phases (models -> data ->
+The encoder-decoder counterparts of `ckadistill.tasks.classification`, in the same phases (models -> data ->
 trainer -> train -> score -> save), with the seq2seq details of the transformers `run_summarization` /
 `run_translation` examples (T5 prefixes, language codes, forced BOS):
 
@@ -29,13 +29,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ckadistill.classification import (
-    CONFIG_FILE,
-    LAYER_MAP_FILE,
-    _check_eval_setup,
-    _resume_target,
-    _training_summary,
-)
 from ckadistill.config import (
     DataArguments,
     DistillArguments,
@@ -48,6 +41,7 @@ from ckadistill.config import (
 from ckadistill.data import check_vocab_compatible, load_raw_splits
 from ckadistill.metrics import count_parameters
 from ckadistill.model_card import write_model_card
+from ckadistill.runs import CONFIG_FILE, LAYER_MAP_FILE, check_eval_setup, resume_target, training_summary
 from ckadistill.tasks.seq2seq_data import (
     encode_seq2seq_splits,
     forced_bos_token_id,
@@ -223,6 +217,8 @@ def run_finetune(
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
     # Data (columns checked before the model loads), model, tokenizer (language codes set), prefix.
+    if model_args.freeze_layers:
+        raise ValueError("--freeze_layers applies to classification teachers only; drop it for seq2seq tasks")
     raw = load_raw_splits(data_args)
     name = model_args.model_name_or_path
     tokenizer_name = model_args.tokenizer_name or name
@@ -239,7 +235,7 @@ def run_finetune(
     _set_forced_bos(model, bos)
 
     encoded = encode_seq2seq_splits(raw, data_args, tokenizer, prefix)
-    _check_eval_setup(encoded, training_args)
+    check_eval_setup(encoded, training_args)
     _prepare_generation(training_args, generation_args)
     eval_dataset, compute_metrics = _training_eval(
         encoded, data_args, training_args, generation_args, tokenizer
@@ -256,7 +252,7 @@ def run_finetune(
         compute_metrics=compute_metrics,
         callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=_resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
     metrics = {**result.metrics, **_final_losses(trainer, encoded)}
     metrics.update(
         score_splits(trainer.model, tokenizer, raw, data_args, generation_args, prefix=prefix, bos=bos)
@@ -282,7 +278,7 @@ def run_finetune(
             metrics=metrics,
             labels=None,
             data=_data_summary(data_args, encoded, prefix, generation_args),
-            training=_training_summary(training_args, trainer),
+            training=training_summary(training_args, trainer),
             pipeline_tag=data_args.task,
             usage=_usage(prefix, generation_args.max_new_tokens),
         )
@@ -415,7 +411,7 @@ def run_distill(
     )
 
     encoded = encode_seq2seq_splits(raw, data_args, tokenizer, prefix)
-    _check_eval_setup(encoded, training_args)
+    check_eval_setup(encoded, training_args)
     _prepare_generation(training_args, generation_args)
     eval_dataset, compute_metrics = _training_eval(
         encoded, data_args, training_args, generation_args, tokenizer
@@ -436,7 +432,7 @@ def run_distill(
         decoder_layer_pairs=list(layer_map.decoder),
         callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=_resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
 
     # Score student and teacher on the same splits, decoding the same way.
     metrics = {**result.metrics, **_final_losses(trainer, encoded)}
@@ -482,7 +478,7 @@ def run_distill(
             metrics=metrics,
             labels=None,
             data=_data_summary(data_args, encoded, prefix, generation_args),
-            training=_training_summary(training_args, trainer),
+            training=training_summary(training_args, trainer),
             teacher=teacher,
             teacher_name=model_args.teacher,
             distillation=_distillation_summary(distill_args, layer_map),

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import SchedulerType
+from transformers import TrainerCallback
 
 from ckadistill.config import (
     ClassificationTrainingArguments,
@@ -27,42 +27,25 @@ from ckadistill.config import (
     FinetuneModelArguments,
     save_config,
 )
-from ckadistill.data import (
+from ckadistill.data import check_vocab_compatible, load_raw_splits
+from ckadistill.metrics import count_parameters, measure_throughput
+from ckadistill.model_card import write_model_card
+from ckadistill.runs import CONFIG_FILE, LAYER_MAP_FILE, check_eval_setup, resume_target, training_summary
+from ckadistill.tasks.classification_data import (
     LabelSpace,
-    check_vocab_compatible,
     encode_splits,
     has_named_labels,
-    load_raw_splits,
     resolve_label_space,
     sample_texts,
 )
-from ckadistill.metrics import build_compute_metrics, count_parameters, measure_throughput, task_metrics
-from ckadistill.model_card import write_model_card
+from ckadistill.tasks.classification_metrics import build_compute_metrics, task_metrics
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "ckadistill_config.yaml"  # the resolved configuration, beside every saved model
-LAYER_MAP_FILE = "layer_map.json"
 
 
 # ---------------------------------------------------------------------------------------------------
 # Shared steps.
 # ---------------------------------------------------------------------------------------------------
-
-
-def _check_eval_setup(encoded, training_args: ClassificationTrainingArguments) -> None:
-    if "validation" not in encoded and training_args.eval_strategy != "no":
-        raise ValueError(
-            f"--eval_strategy {training_args.eval_strategy} needs a validation split: pass --validation_file, "
-            "keep --validation_split_fraction above 0, or set --eval_strategy no"
-        )
-
-
-def _resume_target(value: str | None) -> str | bool | None:
-    """`--resume_from_checkpoint true` (or `last`) means the latest checkpoint in --output_dir."""
-    if value is not None and str(value).lower() in ("true", "last"):
-        return True
-    return value
 
 
 def _evaluate_splits(trainer, encoded) -> dict[str, float]:
@@ -88,16 +71,27 @@ def _data_summary(data_args: DataArguments, encoded) -> dict[str, Any]:
     }
 
 
-def _training_summary(training_args: ClassificationTrainingArguments, trainer) -> dict[str, Any]:
-    return {
-        "optimiser steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0.0, 3),
-        "learning rate": training_args.learning_rate,
-        "schedule": SchedulerType(training_args.lr_scheduler_type).value,
-        "batch size per device": training_args.per_device_train_batch_size,
-        "gradient accumulation": training_args.gradient_accumulation_steps,
-        "seed": training_args.seed,
-    }
+def freeze_bottom_layers(model, num_layers: int) -> int:
+    """Fix the embeddings and the first `num_layers` encoder layers of a classifier; returns how many
+    parameters were frozen. Layers are found through the family table (`ckadistill.families`)."""
+    from ckadistill.families import get_family, num_encoder_layers
+
+    family = get_family(model.config)
+    depth = num_encoder_layers(model.config)
+    if family.is_encoder_decoder or not 1 <= num_layers < depth:
+        raise ValueError(
+            f"--freeze_layers {num_layers}: a {model.config.model_type} classifier with {depth} encoder layers "
+            f"can freeze between 1 and {depth - 1} of them (encoder-only families), or 0 to train everything"
+        )
+    frozen = 0
+    for name, param in model.named_parameters():
+        where = family.locate(name)
+        embedding = where is None and ".embeddings." in f".{name}"  # BERT-like: <base>.embeddings.*
+        if embedding or (where is not None and where[0] == 0 and where[1] < num_layers):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    logger.info("Froze the embeddings and layers 1-%d: %d parameters", num_layers, frozen)
+    return frozen
 
 
 @torch.no_grad()
@@ -122,11 +116,13 @@ def run_finetune(
     model_args: FinetuneModelArguments,
     data_args: DataArguments,
     training_args: ClassificationTrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, float]:
     """Fine-tune a base model or checkpoint into a classification (or regression) teacher.
 
     Saves model, tokenizer, resolved config and model card in `--output_dir`; returns the Trainer's
-    train / eval / test metrics. Training rows outside `--labelled_fraction` are dropped.
+    train / eval / test metrics. Training rows outside `--labelled_fraction` are dropped. `callbacks`
+    are added to the Trainer's (e.g. progress estimates).
     """
     from transformers import (
         AutoConfig,
@@ -153,8 +149,10 @@ def run_finetune(
             f"tokenizer {tokenizer_name} has {len(tokenizer)} tokens but {name} has vocab_size {config.vocab_size}; "
             "pass the model's own tokenizer (--tokenizer_name)"
         )
+    if model_args.freeze_layers:
+        freeze_bottom_layers(model, model_args.freeze_layers)
     encoded = encode_splits(raw, data_args, tokenizer, labels, unlabelled="drop")
-    _check_eval_setup(encoded, training_args)
+    check_eval_setup(encoded, training_args)
 
     # Train, evaluate, save.
     trainer = Trainer(
@@ -165,8 +163,9 @@ def run_finetune(
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=build_compute_metrics(labels.task),
+        callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=_resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
     metrics = {**result.metrics, **_evaluate_splits(trainer, encoded)}
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
@@ -184,7 +183,7 @@ def run_finetune(
             metrics=metrics,
             labels=labels.names,
             data=_data_summary(data_args, encoded),
-            training=_training_summary(training_args, trainer),
+            training=training_summary(training_args, trainer),
         )
     return metrics
 
@@ -260,6 +259,7 @@ def run_distill(
     data_args: DataArguments,
     distill_args: DistillArguments,
     training_args: ClassificationTrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, float]:
     """Distil a classification teacher into a smaller student of the same family.
 
@@ -297,7 +297,7 @@ def run_distill(
     logger.info("Layer map (student:teacher): %s", format_layer_map(pairs))
 
     encoded = encode_splits(raw, data_args, tokenizer, labels, unlabelled="keep")
-    _check_eval_setup(encoded, training_args)
+    check_eval_setup(encoded, training_args)
     collator = DataCollatorWithPadding(tokenizer)
 
     # Train.
@@ -312,8 +312,9 @@ def run_distill(
         teacher=teacher,
         distill_args=distill_args,
         layer_pairs=pairs,
+        callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=_resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
 
     # Evaluate student and teacher on the same splits.
     metrics = {**result.metrics, **_evaluate_splits(trainer, encoded)}
@@ -355,7 +356,7 @@ def run_distill(
             metrics=metrics,
             labels=labels.names,
             data=_data_summary(data_args, encoded),
-            training=_training_summary(training_args, trainer),
+            training=training_summary(training_args, trainer),
             teacher=teacher,
             teacher_name=model_args.teacher,
             distillation=_distillation_summary(distill_args, pairs),
