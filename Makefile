@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make run    set up .venv and run the offline default job (MiniLM teacher -> small student on BBC News)
 #   make test   set up .venv and run the linters and the test suite
+#   make smoke  the default job's whole journey on a small budget (a couple of minutes; not the published numbers)
 # TORCH_SPEC picks the PyTorch build installed when none is importable (default: the CPU 2.13.0 wheel).
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ckadistill-installed
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run smoke test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/ckadistill quickstart --output_dir outputs/quickstart
+
+smoke: setup
+	$(BIN)/ckadistill quickstart --fast
 
 test: setup lint
 	$(BIN)/python -m pytest

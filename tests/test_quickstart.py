@@ -59,3 +59,49 @@ def test_teacher_is_cached_and_reused(smoke):
 def test_bad_flag_is_reported(capsys):
     assert main(["--student_init", "magic"]) == 2
     assert "--student_init must be pca, slice or random" in capsys.readouterr().err
+
+
+def test_phase_times_are_returned(smoke):
+    _, result = smoke
+    assert {"data", "teacher", "student", "evaluate", "report", "total"} <= set(result["seconds"])
+
+
+def test_fast_applies_its_budget_to_unset_settings_only():
+    fast = QuickstartArguments(fast=True, student_epochs=4.0)
+    assert fast.output_dir == "outputs/quickstart-fast"  # never overwrites the full run's outputs
+    assert (fast.max_train_samples, fast.max_eval_samples, fast.max_length) == (350, 200, 64)
+    assert fast.teacher_epochs == 1.0
+    assert fast.student_epochs == 4.0  # given, so kept
+    assert fast.teacher_key() != QuickstartArguments().teacher_key()  # a teacher of its own in the cache
+    assert QuickstartArguments(fast=True, output_dir="elsewhere").output_dir == "elsewhere"
+
+
+def test_fast_run_says_its_numbers_are_not_published(tmp_path, capsys, monkeypatch):
+    import ckadistill.quickstart as quickstart
+
+    monkeypatch.setattr(
+        quickstart,
+        "FAST_BUDGET",
+        {
+            **quickstart.FAST_BUDGET,
+            "max_train_samples": 16,
+            "max_eval_samples": 16,
+            "max_length": 16,
+            "student_epochs": 1.0,
+        },
+    )
+    args = QuickstartArguments(
+        fast=True, output_dir=str(tmp_path / "out"), teacher_cache_dir=str(tmp_path / "c")
+    )
+    result = run_quickstart(args)
+    assert "not the published ones" in capsys.readouterr().out
+    assert "Smoke run (`--fast`)" in Path(result["report"]).read_text(encoding="utf-8")
+
+
+def test_teacher_fine_tune_settings_are_recorded(smoke):
+    args, result = smoke
+    import yaml
+
+    config = yaml.safe_load((Path(result["teacher"]) / "ckadistill_config.yaml").read_text(encoding="utf-8"))
+    assert config["freeze_layers"] == args.teacher_freeze_layers == 3
+    assert config["test_file"] is None  # the test split is scored once, in the evaluate phase
