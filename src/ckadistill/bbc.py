@@ -86,3 +86,68 @@ def write_splits(
             writer.writerows(rows)
     logger.info("BBC News splits in %s: %s", output_dir, {k: len(v) for k, v in splits.items()})
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# Headline generation: the lead of each article as the source, its headline as the target.
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_headline_articles() -> list[dict]:
+    """All articles as `{"id", "headline", "body", "label"}` rows, in `load_articles`' order.
+
+    `headline` is the first non-empty line; `body` the list of the following non-empty lines (one per
+    paragraph), stripped. Joined with single spaces, headline and body give `load_articles`' text.
+    """
+    rows = []
+    for topic_dir in sorted(p for p in corpus_dir().iterdir() if p.is_dir()):
+        for path in sorted(topic_dir.glob("*.txt")):
+            lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="ignore").splitlines()]
+            lines = [line for line in lines if line]
+            if not lines:
+                raise ValueError(f"BBC News article {path} is empty")
+            rows.append(
+                {
+                    "id": f"{topic_dir.name}/{path.stem}",
+                    "headline": lines[0],
+                    "body": lines[1:],
+                    "label": topic_dir.name,
+                }
+            )
+    if not rows:
+        raise FileNotFoundError(f"No BBC News articles found under {corpus_dir()}")
+    return rows
+
+
+def write_headline_splits(
+    output_dir: str | Path,
+    *,
+    lead_lines: int = 2,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+) -> dict[str, Path]:
+    """Write headline-generation CSVs `train.csv`, `validation.csv`, `test.csv` and return their paths.
+
+    Columns: `id`, `source` (the first `lead_lines` body paragraphs, joined by spaces), `target` (the
+    headline), `label` (the topic). The articles of each split are those of `write_splits` with the same
+    `fractions` and `seed`: `stratified_split` sees the same labels in the same order.
+    """
+    if lead_lines < 1:
+        raise ValueError(f"--lead_lines must be >= 1 body line, got {lead_lines}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    splits = stratified_split(load_headline_articles(), fractions, seed)
+    paths = {}
+    for name, rows in splits.items():
+        paths[name] = output_dir / f"{name}.csv"
+        with paths[name].open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["id", "source", "target", "label"])
+            writer.writeheader()
+            for row in rows:
+                # Every BBC article has a body; an empty source would be refused by the seq2seq loader.
+                source = " ".join(row["body"][:lead_lines]) or row["headline"]
+                writer.writerow(
+                    {"id": row["id"], "source": source, "target": row["headline"], "label": row["label"]}
+                )
+    logger.info("BBC News headline splits in %s: %s", output_dir, {k: len(v) for k, v in splits.items()})
+    return paths

@@ -256,12 +256,24 @@ class FinetuneModelArguments:
             "at layer N+1."
         },
     )
+    fresh_lr_multiplier: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning-rate multiplier for the parameters the checkpoint did not contain, e.g. bert2bert "
+            "cross-attention (seq2seq tasks; 1 = one rate for all). Fresh parameters are found by name: every "
+            "`crossattention` weight and the decoder's LM-head transform and bias (`decoder.cls.predictions`)."
+        },
+    )
 
     def __post_init__(self):
         if not self.model_name_or_path:
             raise ValueError("--model_name_or_path is required: the base model or checkpoint to fine-tune")
         if self.freeze_layers < 0:
             raise ValueError(f"--freeze_layers must be >= 0 (0 trains every layer), got {self.freeze_layers}")
+        if not self.fresh_lr_multiplier > 0:
+            raise ValueError(
+                f"--fresh_lr_multiplier must be > 0 (1 = one learning rate for all), got {self.fresh_lr_multiplier}"
+            )
 
 
 @dataclass

@@ -1,24 +1,78 @@
-"""`ckadistill quickstart [--flag value ...]`: the offline default job (see `ckadistill.quickstart`)."""
+"""`ckadistill quickstart [--task classification|summarization] [--flag value ...]`: the offline default jobs.
+
+`--task classification` (the default) runs `ckadistill.quickstart` (MiniLM topic classifier on BBC News);
+`--task summarization` runs `ckadistill.quickstart_headlines` (a bert2bert MiniLM writing BBC News
+headlines). `ckadistill quickstart --task summarization --help` lists the flags of the headline job.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+TASKS = ("classification", "summarization")
+PROG = "ckadistill quickstart"
+
+
+def split_task(argv: list[str]) -> tuple[str, list[str]]:
+    """The `--task` value (default 'classification') and the other arguments, in order.
+
+    Raises:
+        ValueError: `--task` without a value, or an unknown task.
+    """
+    task, rest = "classification", []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--task":
+            if i + 1 >= len(argv):
+                raise ValueError(f"--task needs a value: {' or '.join(TASKS)}")
+            task, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--task="):
+            task = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    if task not in TASKS:
+        raise ValueError(f"--task must be {' or '.join(TASKS)}, got {task!r}")
+    return task, rest
+
 
 def main(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
-    from ckadistill.quickstart import QuickstartArguments, run_quickstart
+    try:
+        task, argv = split_task(argv)
+    except ValueError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    if task == "summarization":
+        from ckadistill.quickstart_headlines import HeadlineQuickstartArguments as Arguments
+        from ckadistill.quickstart_headlines import run_headline_quickstart as run
 
-    parser = HfArgumentParser(QuickstartArguments, prog="ckadistill quickstart")
-    parser.description = "Fine-tune MiniLM on BBC News, distil it into a small student with CKA, report."
+        prog = f"{PROG} --task summarization"
+        description = (
+            "Fine-tune a bert2bert MiniLM to write BBC News headlines from the lead paragraphs, distil it "
+            "into a small student with CKA over encoder and decoder, report."
+        )
+    else:
+        from ckadistill.quickstart import QuickstartArguments as Arguments
+        from ckadistill.quickstart import run_quickstart as run
+
+        prog = PROG
+        description = (
+            "Fine-tune MiniLM on BBC News, distil it into a small student with CKA, report. "
+            "`--task summarization` runs the headline job instead (see `--task summarization --help`)."
+        )
+    parser = HfArgumentParser(Arguments, prog=prog)
+    parser.description = description
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
-        print(f"ckadistill quickstart: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ckadistill").setLevel(logging.INFO)
-    run_quickstart(args)
+    run(args)
     return 0

@@ -149,6 +149,8 @@ def run_finetune(
             f"tokenizer {tokenizer_name} has {len(tokenizer)} tokens but {name} has vocab_size {config.vocab_size}; "
             "pass the model's own tokenizer (--tokenizer_name)"
         )
+    if model_args.fresh_lr_multiplier != 1.0:
+        raise ValueError("--fresh_lr_multiplier applies to seq2seq teachers (e.g. bert2bert); drop it here")
     if model_args.freeze_layers:
         freeze_bottom_layers(model, model_args.freeze_layers)
     encoded = encode_splits(raw, data_args, tokenizer, labels, unlabelled="drop")

