@@ -9,16 +9,25 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ckadistill-installed
+DEV_STAMP := $(VENV)/.ckadistill-dev-installed
 
-.PHONY: setup run smoke test lint format clean
+.PHONY: setup setup-dev run smoke test lint format clean
 
+# The job needs only the package; the tests add pytest, ruff, hypothesis and tensorboard (a first
+# `make run` is quicker without them).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e .
 	touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install -e ".[dev]"
+	touch $(DEV_STAMP)
+
 setup: $(STAMP)
+
+setup-dev: $(DEV_STAMP)
 
 run: setup
 	$(BIN)/ckadistill quickstart --output_dir outputs/quickstart
@@ -26,14 +35,14 @@ run: setup
 smoke: setup
 	$(BIN)/ckadistill quickstart --fast
 
-test: setup lint
+test: setup-dev lint
 	$(BIN)/python -m pytest
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: setup
+format: setup-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
