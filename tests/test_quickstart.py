@@ -69,8 +69,8 @@ def test_phase_times_are_returned(smoke):
 def test_fast_applies_its_budget_to_unset_settings_only():
     fast = QuickstartArguments(fast=True, student_epochs=5.0)
     assert fast.output_dir == "outputs/quickstart-fast"  # never overwrites the full run's outputs
-    assert (fast.max_train_samples, fast.max_eval_samples, fast.max_length) == (350, 200, 64)
-    assert fast.teacher_epochs == 1.0
+    assert (fast.max_train_samples, fast.max_eval_samples, fast.max_length) == (600, 200, 96)
+    assert fast.teacher_epochs == 2.0
     assert fast.student_epochs == 5.0  # given, so kept
     assert fast.teacher_key() != QuickstartArguments().teacher_key()  # a teacher of its own in the cache
     assert QuickstartArguments(fast=True, output_dir="elsewhere").output_dir == "elsewhere"

@@ -34,11 +34,11 @@ FAST_OUTPUT = "outputs/quickstart-fast"
 # --fast: a smoke-run budget, applied to every setting left at its default.
 FAST_NOTE = "a small budget to see the whole journey; these numbers are not the published ones."
 FAST_BUDGET = {
-    "max_train_samples": 350,
+    "max_train_samples": 600,
     "max_eval_samples": 200,
-    "max_length": 64,
-    "teacher_epochs": 1.0,
-    "student_epochs": 3.0,
+    "max_length": 96,
+    "teacher_epochs": 2.0,
+    "student_epochs": 4.0,
 }
 
 
