@@ -279,3 +279,14 @@ def test_summarization_target_code_defaults_to_the_source_code(tmp_path, pieces)
     prepare_tokenizer(tok, MBartConfig(), args)
     assert (tok.src_lang, tok.tgt_lang) == ("en_XX", "en_XX")
     assert forced_bos_token_id(tok, MBartConfig(), args) == tok.convert_tokens_to_ids("en_XX")
+
+
+def test_a_target_loses_a_leading_decoder_start_token(tmp_path, tokenizer):
+    # bert2bert: the decoder starts from [CLS], which the BERT tokenizer also puts before every target.
+    args = data_args(tmp_path, max_source_length=6, max_target_length=4)
+    raw = load_raw_splits(args)
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    stripped = encode_seq2seq_splits(raw, args, tokenizer, decoder_start_token_id=cls)["train"]
+    kept = encode_seq2seq_splits(raw, args, tokenizer, decoder_start_token_id=sep)["train"]
+    for short, full in zip(stripped["labels"], kept["labels"], strict=True):
+        assert full[0] == cls and short == full[1:]

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from ckadistill.report import settings_section
+
 logger = logging.getLogger(__name__)
 
 DATA_SEED = 0  # the split is part of the benchmark: fixed, not a knob
@@ -292,14 +294,7 @@ def write_report(
         "- `loss_curves.png`: every logged loss component of the distillation",
         "- `cka_heatmap.png` / `cka.csv`: linear CKA between every teacher and student hidden state on test text",
         "",
-        "## Settings and timings",
-        "",
-        "```json",
-        json.dumps(
-            {"settings": asdict(args), "minutes": {k: round(v / 60, 2) for k, v in timings.items()}}, indent=2
-        ),
-        "```",
-        "",
+        *settings_section(asdict(args), timings),
     ]
     path = report_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ckadistill.quickstart import DATA_SEED, default_cache_dir, minilm_path
+from ckadistill.report import settings_section
 
 logger = logging.getLogger(__name__)
 
@@ -501,14 +502,7 @@ def write_report(
         "- `cka_encoder.png` / `cka_encoder.csv`, `cka_decoder.png` / `cka_decoder.csv`: linear CKA between "
         "every teacher and student hidden state of each stack on test articles and their headlines",
         "",
-        "## Settings and timings",
-        "",
-        "```json",
-        json.dumps(
-            {"settings": asdict(args), "minutes": {k: round(v / 60, 2) for k, v in timings.items()}}, indent=2
-        ),
-        "```",
-        "",
+        *settings_section(asdict(args), timings),
     ]
     path = report_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

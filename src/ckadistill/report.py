@@ -1,9 +1,11 @@
-"""Report pieces for a distillation run: loss curves as a PNG (the results table is `metrics.results_table`)."""
+"""Report pieces for a distillation run: loss curves as a PNG and the settings / timings section of a
+report (each task formats its own results table)."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -53,3 +55,11 @@ def plot_loss_curves(
     plt.close(fig)
     logger.info("Loss curves written to %s", path)
     return path
+
+
+def settings_section(settings: Mapping, seconds: Mapping[str, float]) -> list[str]:
+    """Markdown lines of a report's "Settings and timings" section: the job's settings and its phase
+    times in minutes, as one JSON block (so a run can be compared with another by eye or by script)."""
+    minutes = {name: round(value / 60, 2) for name, value in seconds.items()}
+    block = json.dumps({"settings": dict(settings), "minutes": minutes}, indent=2)
+    return ["## Settings and timings", "", "```json", block, "```", ""]

@@ -309,7 +309,8 @@ def run_finetune(
     bos = forced_bos_token_id(tokenizer, model.config, data_args)
     _set_forced_bos(model, bos)
 
-    encoded = encode_seq2seq_splits(raw, data_args, tokenizer, prefix)
+    start = model.config.to_dict().get("decoder_start_token_id")
+    encoded = encode_seq2seq_splits(raw, data_args, tokenizer, prefix, decoder_start_token_id=start)
     check_eval_setup(encoded, training_args)
     _prepare_generation(training_args, generation_args)
     eval_dataset, compute_metrics = _training_eval(
@@ -489,7 +490,8 @@ def run_distill(
         format_layer_map(list(layer_map.decoder)),
     )
 
-    encoded = encode_seq2seq_splits(raw, data_args, tokenizer, prefix)
+    start = teacher.config.to_dict().get("decoder_start_token_id")
+    encoded = encode_seq2seq_splits(raw, data_args, tokenizer, prefix, decoder_start_token_id=start)
     check_eval_setup(encoded, training_args)
     _prepare_generation(training_args, generation_args)
     eval_dataset, compute_metrics = _training_eval(

@@ -278,7 +278,12 @@ def seq2seq_texts(raw: DatasetDict, data_args: DataArguments, split: str) -> tup
 
 
 def encode_seq2seq_splits(
-    raw: DatasetDict, data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, prefix: str = ""
+    raw: DatasetDict,
+    data_args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    prefix: str = "",
+    *,
+    decoder_start_token_id: int | None = None,
 ) -> DatasetDict:
     """Cap sample counts, refuse empty texts, and tokenise sources and targets.
 
@@ -291,6 +296,9 @@ def encode_seq2seq_splits(
         raw: the splits from `load_raw_splits` (with `--task summarization` or `translation`).
         tokenizer: prepared with `prepare_tokenizer` (language codes set).
         prefix: the source prefix `prepare_tokenizer` returned.
+        decoder_start_token_id: the model's decoder start token. A target the tokenizer opens with this
+            same token (a BERT tokenizer's [CLS] in bert2bert) loses it: the decoder input already starts
+            with it, and keeping it would teach the model to emit it again as its first output.
 
     Returns:
         Splits with exactly the columns `input_ids`, `attention_mask` and `labels`, each a list of
@@ -323,10 +331,13 @@ def encode_seq2seq_splits(
                 truncation=True,
                 return_token_type_ids=False,
             )
+            targets_ids = labels["input_ids"]
+            if decoder_start_token_id is not None:
+                targets_ids = [t[1:] if t[:1] == [decoder_start_token_id] else t for t in targets_ids]
             return {
                 "input_ids": enc["input_ids"],
                 "attention_mask": enc["attention_mask"],
-                "labels": labels["input_ids"],
+                "labels": targets_ids,
             }
 
         out[split] = dataset.map(
