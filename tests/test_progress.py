@@ -28,7 +28,7 @@ def test_phases_are_numbered_and_timed(caplog):
     assert seconds["total"] >= seconds["data"] + seconds["teacher"] >= 0
 
 
-def test_step_estimator_reports_once_after_warmup(caplog, monkeypatch):
+def test_step_estimator_reports_after_warmup_and_revises_at_a_quarter(caplog, monkeypatch):
     clock = JobClock(total_phases=2)
     clock.phase("student", "distil")
     now = [100.0]
@@ -37,12 +37,17 @@ def test_step_estimator_reports_once_after_warmup(caplog, monkeypatch):
     assert isinstance(estimator, StepTimeEstimator)
     state = SimpleNamespace(global_step=10, max_steps=110)  # a run resumed at step 10
     with caplog.at_level(logging.INFO, logger="ckadistill.progress"):
-        for _ in range(20):
+        for _ in range(60):
             state.global_step += 1
-            now[0] += 5.0 if state.global_step <= 12 else 0.5  # slow warm-up steps are not counted
+            # Slow warm-up steps (11-12) are not counted; the machine slows down from step 20 on.
+            now[0] += 5.0 if state.global_step <= 12 else (0.5 if state.global_step < 20 else 1.0)
             estimator.on_step_end(None, state, None)
-    assert estimator.seconds_per_step == 0.5
     reports = [r.getMessage() for r in caplog.records if "per step" in r.getMessage()]
-    assert len(reports) == 1
+    assert len(reports) == 2
     # Steps 11-13 are warm-up; measured over 14-17, then 93 steps are left at 0.5 s.
-    assert reports[0].startswith("[1/2] student: 0.50 s per step, about 0:46 left for 93 more steps")
+    assert reports[0].startswith("[1/2] student: 0.50 s per step, about 0:46 left for 93 more steps (elapsed")
+    # Revised at step 35 (a quarter of the 100 steps from 11): 6 steps at 0.5 s and 16 at 1.0 s since step 13.
+    assert reports[1].startswith(
+        "[1/2] student: 0.86 s per step, about 1:05 left for 75 more steps (revised)"
+    )
+    assert estimator.seconds_per_step == (6 * 0.5 + 16 * 1.0) / 22

@@ -76,10 +76,12 @@ class JobClock:
 
 
 class StepTimeEstimator(TrainerCallback):
-    """Logs, once, the seconds per optimiser step and the time left in a training phase.
+    """Logs the seconds per optimiser step and the time left in a training phase: early, and revised
+    once a quarter of the phase is done (a machine's speed can drift while it runs).
 
     The first `warmup_steps` steps are not timed (they include allocation and any one-off work); the
-    next `measure_steps` give the rate. A resumed run counts from the step it resumed at.
+    next `measure_steps` give the first rate, and the revision uses every step since the warm-up. A
+    resumed run counts from the step it resumed at.
     """
 
     def __init__(self, label: str, clock: JobClock, *, warmup_steps: int = 2, measure_steps: int = 5):
@@ -89,27 +91,35 @@ class StepTimeEstimator(TrainerCallback):
         self.measure_steps = measure_steps
         self._first_step: int | None = None
         self._mark: tuple[int, float] | None = None
-        self._reported = False
+        self._reports = 0
+        self._revise_at: int | None = None
         self.seconds_per_step: float | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._reported:
+        if self._reports == 2:
             return
         if self._first_step is None:
             self._first_step = state.global_step
+            self._revise_at = self._first_step + (state.max_steps - self._first_step) // 4
         done = state.global_step - self._first_step
         if done == self.warmup_steps:
             self._mark = (state.global_step, time.perf_counter())
-        elif self._mark is not None and state.global_step - self._mark[0] >= self.measure_steps:
-            steps, began = state.global_step - self._mark[0], self._mark[1]
-            self.seconds_per_step = (time.perf_counter() - began) / steps
+            return
+        if self._mark is None:
+            return
+        measured = state.global_step - self._mark[0]
+        first = self._reports == 0 and measured >= self.measure_steps
+        revision = self._reports == 1 and state.global_step >= self._revise_at
+        if first or revision:
+            self.seconds_per_step = (time.perf_counter() - self._mark[1]) / measured
             left = max(0, state.max_steps - state.global_step) * self.seconds_per_step
             logger.info(
-                "%s: %.2f s per step, about %s left for %d more steps (elapsed %s)",
+                "%s: %.2f s per step, about %s left for %d more steps%s (elapsed %s)",
                 self.label,
                 self.seconds_per_step,
                 format_duration(left),
                 state.max_steps - state.global_step,
+                " (revised)" if revision else "",
                 format_duration(self.clock.elapsed),
             )
-            self._reported = True
+            self._reports += 1
