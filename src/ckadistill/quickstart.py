@@ -40,7 +40,7 @@ FAST_BUDGET = {
     "max_eval_samples": 200,
     "max_length": 96,
     "teacher_epochs": 2.0,
-    "student_epochs": 4.0,
+    "student_epochs": 3.0,
 }
 
 
@@ -87,7 +87,7 @@ class QuickstartArguments:
         metadata={"help": "Student initialisation: slice, pca or random (see make-student)."},
     )
     hidden_loss: str = field(default="cka", metadata={"help": "Hidden-state loss: cka, mse_proj or none."})
-    student_epochs: float = field(default=4.0, metadata={"help": "Distillation epochs of the student."})
+    student_epochs: float = field(default=3.0, metadata={"help": "Distillation epochs of the student."})
     student_learning_rate: float = field(
         default=5e-4, metadata={"help": "Peak learning rate of the student."}
     )
@@ -246,7 +246,9 @@ def distil_student(
         seed=args.seed,
         resume_from_checkpoint="last" if resume else None,
     )
-    metrics = run_distill(model_args, _data_args(splits, args), distill_args, training, callbacks)
+    # The model card gets validation scores; the evaluate phase scores the test split, once.
+    data = replace(_data_args(splits, args), test_file=None)
+    metrics = run_distill(model_args, data, distill_args, training, callbacks)
     _remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
     return metrics
 
