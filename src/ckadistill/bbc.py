@@ -34,16 +34,10 @@ def load_articles() -> list[dict[str, str]]:
 
     The text is the headline followed by the body, paragraphs joined by single spaces.
     """
-    rows = []
-    for topic_dir in sorted(p for p in corpus_dir().iterdir() if p.is_dir()):
-        for path in sorted(topic_dir.glob("*.txt")):
-            # One file has a stray non-UTF-8 byte; dropping it loses nothing readable.
-            lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="ignore").splitlines()]
-            text = " ".join(line for line in lines if line)
-            rows.append({"id": f"{topic_dir.name}/{path.stem}", "text": text, "label": topic_dir.name})
-    if not rows:
-        raise FileNotFoundError(f"No BBC News articles found under {corpus_dir()}")
-    return rows
+    return [
+        {"id": row["id"], "text": " ".join([row["headline"], *row["body"]]), "label": row["label"]}
+        for row in load_headline_articles()
+    ]
 
 
 def stratified_split(
@@ -102,6 +96,7 @@ def load_headline_articles() -> list[dict]:
     rows = []
     for topic_dir in sorted(p for p in corpus_dir().iterdir() if p.is_dir()):
         for path in sorted(topic_dir.glob("*.txt")):
+            # One file has a stray non-UTF-8 byte; dropping it loses nothing readable.
             lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="ignore").splitlines()]
             lines = [line for line in lines if line]
             if not lines:

@@ -406,7 +406,8 @@ def chunked_position_sum(
         index = keep.reshape(-1).nonzero().squeeze(1)  # (n,) kept positions
     if index.numel() == 0:
         return first[:0].float().sum(), 0  # an empty slice: 0, and a zero gradient for every position
-    if chunk_size is None:
+    if chunk_size is None or index.numel() <= chunk_size:
+        # One chunk: recomputing it in the backward would cost a forward and save no memory.
         return _gather_and_apply(fn, index, *rows), index.numel()
     recompute = torch.is_grad_enabled() and any(r.requires_grad for r in rows)
     total = None

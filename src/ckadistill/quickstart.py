@@ -44,6 +44,17 @@ FAST_BUDGET = {
 }
 
 
+def apply_fast_budget(args, budget: dict, default_output: str, fast_output: str) -> None:
+    """`--fast`: take the smoke-run budget for every setting left at its default, and a separate output
+    folder unless one was given, so a smoke run never overwrites the full run's results."""
+    defaults = {f.name: f.default for f in fields(args)}
+    for name, value in budget.items():
+        if getattr(args, name) == defaults[name]:
+            setattr(args, name, value)
+    if args.output_dir == default_output:
+        args.output_dir = fast_output
+
+
 @dataclass
 class QuickstartArguments:
     """Settings of the default job (about 8 minutes on 2 CPU cores the first time; README for timings)."""
@@ -102,12 +113,7 @@ class QuickstartArguments:
 
     def __post_init__(self):
         if self.fast:
-            defaults = {f.name: f.default for f in fields(self)}
-            for name, value in FAST_BUDGET.items():
-                if getattr(self, name) == defaults[name]:
-                    setattr(self, name, value)
-            if self.output_dir == DEFAULT_OUTPUT:
-                self.output_dir = FAST_OUTPUT
+            apply_fast_budget(self, FAST_BUDGET, DEFAULT_OUTPUT, FAST_OUTPUT)
         if self.max_length < 8:
             raise ValueError(f"--max_length must be >= 8 tokens, got {self.max_length}")
         if not 0 <= self.teacher_freeze_layers < 6:

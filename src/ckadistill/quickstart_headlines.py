@@ -29,10 +29,10 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ckadistill.quickstart import DATA_SEED, default_cache_dir, minilm_path
+from ckadistill.quickstart import DATA_SEED, apply_fast_budget, default_cache_dir, minilm_path
 from ckadistill.report import settings_section
 
 logger = logging.getLogger(__name__)
@@ -144,12 +144,7 @@ class HeadlineQuickstartArguments:
 
     def __post_init__(self):
         if self.fast:
-            defaults = {f.name: f.default for f in fields(self)}
-            for name, value in FAST_BUDGET.items():
-                if getattr(self, name) == defaults[name]:
-                    setattr(self, name, value)
-            if self.output_dir == DEFAULT_OUTPUT:
-                self.output_dir = FAST_OUTPUT
+            apply_fast_budget(self, FAST_BUDGET, DEFAULT_OUTPUT, FAST_OUTPUT)
         if self.lead_lines < 1:
             raise ValueError(f"--lead_lines must be >= 1 paragraph, got {self.lead_lines}")
         if not 8 <= self.max_source_length <= 512:
