@@ -265,7 +265,7 @@ def test_phase_times_are_returned(smoke):
 def test_fast_applies_its_budget_to_unset_settings_only():
     fast = HeadlineQuickstartArguments(fast=True, student_epochs=4.0)
     assert fast.output_dir == "outputs/quickstart-headlines-fast"
-    assert (fast.max_train_samples, fast.max_eval_samples, fast.max_source_length) == (160, 40, 64)
+    assert (fast.max_train_samples, fast.max_eval_samples) == (160, 40)
     assert (fast.teacher_epochs, fast.student_epochs) == (1.0, 4.0)  # student_epochs given, so kept
     assert fast.teacher_key() != HeadlineQuickstartArguments().teacher_key()
     assert HeadlineQuickstartArguments(fast=True, output_dir="elsewhere").output_dir == "elsewhere"

@@ -45,12 +45,11 @@ CKA_TEXTS = 128  # test articles behind the CKA heatmaps
 # The fixed parts of the teacher's training, part of its cache key.
 TEACHER_RECIPE = {"batch_size": BATCH_SIZE, "warmup": 0.1, "weight_decay": 0.01, "schedule": "linear"}
 
-# --fast: a smoke-run budget, applied to every setting left at its default. To be calibrated.
+# --fast: a smoke-run budget, applied to every setting left at its default.
 FAST_NOTE = "a tiny budget to see the whole journey; these numbers are not the published ones."
 FAST_BUDGET = {
     "max_train_samples": 160,
     "max_eval_samples": 40,
-    "max_source_length": 64,
     "teacher_epochs": 1.0,
     "student_epochs": 2.0,
 }
@@ -58,7 +57,13 @@ FAST_BUDGET = {
 
 @dataclass
 class HeadlineQuickstartArguments:
-    """Settings of the headline job. Defaults come from two short CPU checks (DESIGN.md §5): to be calibrated."""
+    """Settings of the headline job.
+
+    The defaults were chosen on 2 CPU cores for a first run within 30 minutes on a machine 1.6× slower
+    (benchmarks/README.md, "The headline job"): the lead paragraph alone as the source (28 tokens at the
+    median, against 135 for two paragraphs) makes a teacher step about 2.5× cheaper, so the teacher gets 8
+    epochs; the small student learns at 2e-3 for 8 epochs (at 5e-4 for 5 it kept 11% of the teacher's R-2).
+    """
 
     output_dir: str = field(
         default=DEFAULT_OUTPUT,
@@ -76,18 +81,19 @@ class HeadlineQuickstartArguments:
         default=None,
         metadata={"help": "Folder of cached teachers (default: $CKADISTILL_CACHE or ~/.cache/ckadistill)."},
     )
-    # --- to be calibrated: the defaults below are DESIGN.md §5's second check, not a tuned recipe ---
     lead_lines: int = field(
-        default=2,
+        default=1,
         metadata={"help": "Paragraphs after the headline that form the source (the article's lead)."},
     )
-    max_source_length: int = field(default=128, metadata={"help": "Tokens kept per source (the lead)."})
+    max_source_length: int = field(
+        default=64, metadata={"help": "Tokens kept per source (the lead paragraph: 55 at the 99th percentile)."}
+    )
     max_target_length: int = field(
-        default=24,
+        default=20,
         metadata={"help": "Tokens kept per target headline in training (the longest BBC one: 17)."},
     )
     teacher_epochs: float = field(
-        default=4.0, metadata={"help": "Fine-tuning epochs of the bert2bert teacher."}
+        default=8.0, metadata={"help": "Fine-tuning epochs of the bert2bert teacher."}
     )
     teacher_learning_rate: float = field(
         default=2e-4, metadata={"help": "Peak AdamW learning rate of the teacher."}
@@ -118,19 +124,18 @@ class HeadlineQuickstartArguments:
         default="cka",
         metadata={"help": "Hidden-state loss over encoder and decoder pairs: cka, mse_proj or none."},
     )
-    student_epochs: float = field(default=5.0, metadata={"help": "Distillation epochs of the student."})
+    student_epochs: float = field(default=8.0, metadata={"help": "Distillation epochs of the student."})
     student_learning_rate: float = field(
-        default=5e-4, metadata={"help": "Peak learning rate of the student."}
+        default=2e-3, metadata={"help": "Peak learning rate of the student."}
     )
     num_beams: int = field(default=1, metadata={"help": "Beams when generating headlines (1 = greedy)."})
     no_repeat_ngram_size: int = field(
         default=2, metadata={"help": "Never repeat an n-gram of this size in a generated headline (0 = off)."}
     )
     max_new_tokens: int = field(
-        default=24,
+        default=20,
         metadata={"help": "Longest generated headline, in tokens (also the latency measurement's)."},
     )
-    # --- end of the settings to calibrate ---
     seed: int = field(
         default=0, metadata={"help": "Seed of the teacher's fresh weights, its training and the student."}
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,10 @@ def load_seq2seq_model(path: str, *, flag: str, task: str):
             "sequence-to-sequence model (BART, mBART, T5, Marian, bert2bert), or --task classification "
             "for a classifier"
         )
+    if config.model_type == "encoder-decoder":
+        # EncoderDecoderModel warns on every forward pass with labels about a change made in transformers
+        # 4.12; it concerns checkpoints trained before then and says nothing about this run.
+        warnings.filterwarnings("ignore", message="Version v4.12.0 introduces", category=FutureWarning)
     return AutoModelForSeq2SeqLM.from_pretrained(path)
 
 
