@@ -86,7 +86,8 @@ class HeadlineQuickstartArguments:
         metadata={"help": "Paragraphs after the headline that form the source (the article's lead)."},
     )
     max_source_length: int = field(
-        default=64, metadata={"help": "Tokens kept per source (the lead paragraph: 55 at the 99th percentile)."}
+        default=64,
+        metadata={"help": "Tokens kept per source (the lead paragraph: 55 at the 99th percentile)."},
     )
     max_target_length: int = field(
         default=20,
