@@ -99,7 +99,8 @@ def test_seq2seq_details(tmp_path):
     assert t5["source_prefix"] == "summarize: "
     wmt = parsed("wmt16_mbart_en_ro_6x6_d512.yaml", tmp_path)
     assert (wmt["source_lang"], wmt["target_lang"]) == ("en_XX", "ro_RO")
-    assert (wmt["source_column"], wmt["target_column"]) == ("source", "target") and wmt["train_file"]
+    assert (wmt["source_column"], wmt["target_column"]) == ("translation.en", "translation.ro")
+    assert (wmt["dataset_name"], wmt["dataset_config_name"]) == ("wmt/wmt16", "ro-en")
     cnn = parsed("cnndm_bart_large_6x6_d768.yaml", tmp_path)
     assert (cnn["dataset_name"], cnn["dataset_config_name"]) == ("abisee/cnn_dailymail", "3.0.0")
     assert (cnn["source_column"], cnn["target_column"]) == ("article", "highlights")

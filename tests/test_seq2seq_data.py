@@ -75,6 +75,27 @@ def test_missing_target_column_names_the_flag(tmp_path):
         load_raw_splits(args)
 
 
+def test_nested_translation_columns_are_read_with_a_dot(tmp_path):
+    # WMT on the hub keeps both sides in one dict column: {"translation": {"en": ..., "ro": ...}}.
+    pairs = [{"translation": {"en": f"source {i}", "ro": f"tinta {i}"}, "id": i} for i in range(3)]
+    path = tmp_path / "wmt.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    args = DataArguments(
+        task="translation",
+        train_file=str(path),
+        source_column="translation.en",
+        target_column="translation.ro",
+        validation_split_fraction=0.0,
+        data_cache_dir=str(tmp_path / "cache"),
+    )
+    raw = load_raw_splits(args)
+    assert raw["train"]["translation.en"] == ["source 0", "source 1", "source 2"]
+    assert raw["train"]["translation.ro"] == ["tinta 0", "tinta 1", "tinta 2"]
+    args.target_column = "translation.de"
+    with pytest.raises(ValueError, match=r"'translation.de' \(--target_column\).*translation.ro"):
+        load_raw_splits(args)
+
+
 def test_classification_columns_are_still_checked(tmp_path):
     args = data_args(tmp_path, task="classification")  # no text / label columns in these files
     with pytest.raises(ValueError, match="--text_column"):

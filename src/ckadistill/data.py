@@ -140,22 +140,35 @@ def load_raw_splits(data_args: DataArguments, *, require_train: bool = True) -> 
             parts = splits["train"].train_test_split(test_size=fraction, seed=data_args.split_seed)
             splits["train"], splits["validation"] = parts["train"], parts["test"]
     raw = DatasetDict(splits)
+    if any(
+        "." in column and column not in raw[split].column_names
+        for _, column in _wanted_columns(data_args)
+        for split in raw
+    ):
+        # Nested fields, as in WMT's `translation` dict column: `datasets` names them
+        # `translation.en`, `translation.ro` once flattened.
+        raw = raw.flatten()
     check_columns(raw, data_args)
     return raw
+
+
+def _wanted_columns(data_args: DataArguments) -> list[tuple[str, str]]:
+    """`(flag, column)` of every column the task reads."""
+    if data_args.is_seq2seq:
+        return [("source_column", data_args.source_column), ("target_column", data_args.target_column)]
+    wanted = [("text_column", data_args.text_column), ("label_column", data_args.label_column)]
+    if data_args.text_pair_column:
+        wanted.append(("text_pair_column", data_args.text_pair_column))
+    return wanted
 
 
 def check_columns(raw: DatasetDict, data_args: DataArguments) -> None:
     """Every split must hold the columns the task reads; the error lists the columns there are.
 
     Classification reads the text (pair) and label columns; summarization and translation read the
-    source and target columns.
+    source and target columns. A nested field is named with a dot (`translation.en`).
     """
-    if data_args.is_seq2seq:
-        wanted = [("source_column", data_args.source_column), ("target_column", data_args.target_column)]
-    else:
-        wanted = [("text_column", data_args.text_column), ("label_column", data_args.label_column)]
-        if data_args.text_pair_column:
-            wanted.append(("text_pair_column", data_args.text_pair_column))
+    wanted = _wanted_columns(data_args)
     for split, dataset in raw.items():
         for flag, column in wanted:
             if column not in dataset.column_names:
