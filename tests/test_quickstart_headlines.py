@@ -29,7 +29,8 @@ from ckadistill.quickstart_headlines import (
     train_teacher,
     write_report,
 )
-from ckadistill.tasks.seq2seq import fresh_lr_optimizer, fresh_parameter_names, run_finetune
+from ckadistill.tasks.seq2seq import run_finetune
+from ckadistill.warm_start import fresh_lr_optimizer, fresh_parameter_names
 from conftest import SENTENCES, build_tokenizer
 from test_distill_cli import save_model, write_csv
 from test_trainer_seq2seq import bart_like, bert2bert

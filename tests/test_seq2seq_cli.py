@@ -31,7 +31,7 @@ from ckadistill.config import (
 )
 from ckadistill.families import FAMILIES
 from ckadistill.runs import CONFIG_FILE
-from ckadistill.tasks.seq2seq import results_table
+from ckadistill.tasks.seq2seq_evaluate import results_table
 from conftest import SENTENCES, build_tokenizer
 from test_distill_cli import TOPICS, save_model, tiny_bert, write_csv
 from test_trainer_seq2seq import bart_like, bert2bert, t5

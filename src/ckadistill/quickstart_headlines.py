@@ -254,49 +254,13 @@ def _remove_checkpoints(folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def warm_start_bert2bert(base: str, output: Path, seed: int) -> Path:
-    """Save a bert2bert `EncoderDecoderModel` with `base` on both sides, and its tokenizer, to `output`.
-
-    Generation follows HF's bert2bert recipe: the decoder starts from [CLS] and stops at [SEP]. The
-    cross-attention and the decoder's LM-head transform are freshly initialised (seeded).
-    """
-    import transformers
-    from transformers import AutoTokenizer, EncoderDecoderModel
-
-    from ckadistill.tasks.seq2seq import fresh_parameter_names
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    transformers.set_seed(seed)
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # its table of fresh weights is expected; summarised below
-    try:
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(base, base)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    for config in (model.config, model.generation_config):
-        config.decoder_start_token_id = tokenizer.cls_token_id
-        config.eos_token_id = tokenizer.sep_token_id
-        config.pad_token_id = tokenizer.pad_token_id
-    model.config.vocab_size = model.config.decoder.vocab_size
-    fresh = set(fresh_parameter_names(model))
-    logger.info(
-        "Warm-started bert2bert from %s: %d parameters, %d fresh tensors (%d values: cross-attention, LM-head transform)",
-        base,
-        sum(p.numel() for p in model.parameters()),
-        len(fresh),
-        sum(p.numel() for n, p in model.named_parameters() if n in fresh),
-    )
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
-    return output
-
-
 def train_teacher(
     args: HeadlineQuickstartArguments, splits: dict[str, Path], callbacks: Sequence = ()
 ) -> Path:
     """The fine-tuned bert2bert teacher: from the cache when present, else trained (resuming if interrupted)."""
     from ckadistill.config import FinetuneModelArguments, TaskTrainingArguments
     from ckadistill.tasks.seq2seq import run_finetune
+    from ckadistill.warm_start import warm_start_bert2bert
 
     cache = Path(args.teacher_cache_dir) if args.teacher_cache_dir else default_cache_dir()
     final = cache / f"bbc-headlines-bert2bert-teacher-{args.teacher_key()}"
@@ -518,8 +482,8 @@ def run_headline_quickstart(args: HeadlineQuickstartArguments) -> dict:
     from ckadistill.data import load_raw_splits
     from ckadistill.progress import JobClock, format_duration
     from ckadistill.report import plot_loss_curves
-    from ckadistill.tasks.seq2seq import evaluate_models, results_table
     from ckadistill.tasks.seq2seq_data import seq2seq_texts
+    from ckadistill.tasks.seq2seq_evaluate import evaluate_models, results_table
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on a network
     if args.fast:

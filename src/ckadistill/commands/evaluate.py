@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
         if extra.threads is not None:
             torch.set_num_threads(extra.threads)
         if data_args.is_seq2seq:
-            from ckadistill.tasks.seq2seq import evaluate_models, results_table
+            from ckadistill.tasks.seq2seq_evaluate import evaluate_models, results_table
 
             rows = evaluate_models(
                 extra.model_dirs,

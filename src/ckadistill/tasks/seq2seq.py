@@ -1,6 +1,7 @@
-"""Typed entry points for summarisation and translation: fine-tune a teacher, distil a student, evaluate models.
+"""Typed entry points for summarisation and translation: fine-tune a teacher, distil a student.
 
-The encoder-decoder counterparts of `ckadistill.tasks.classification`, in the same phases (models -> data ->
+The encoder-decoder counterparts of `ckadistill.tasks.classification` (side-by-side evaluation of saved
+models is in `ckadistill.tasks.seq2seq_evaluate`), in the same phases (models -> data ->
 trainer -> train -> score -> save), with the seq2seq details of the transformers `run_summarization` /
 `run_translation` examples (T5 prefixes, language codes, forced BOS):
 
@@ -27,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from ckadistill.config import (
@@ -49,12 +49,7 @@ from ckadistill.tasks.seq2seq_data import (
     prepare_tokenizer,
     seq2seq_texts,
 )
-from ckadistill.tasks.seq2seq_metrics import (
-    build_generation_compute_metrics,
-    generate,
-    measure_generation_latency,
-    task_scores,
-)
+from ckadistill.tasks.seq2seq_metrics import build_generation_compute_metrics, generate, task_scores
 
 logger = logging.getLogger(__name__)
 
@@ -206,81 +201,6 @@ def _usage(prefix: str, max_new_tokens: int) -> list[str]:
 # Fine-tuning a teacher.
 # ---------------------------------------------------------------------------------------------------
 
-# Parameters a warm-started bert2bert did not get from its BERT checkpoint: every cross-attention weight,
-# and the decoder's LM-head transform and output bias (the output weight is tied to the pretrained word
-# embeddings, and `named_parameters` lists it under them). Found by name, not from `from_pretrained`'s
-# loading info: once the warm-started model is saved (the quickstart saves it, so that an interrupted
-# fine-tune resumes from it) the checkpoint holds every tensor and the loading info reports none missing.
-FRESH_PARAMETER_PATTERNS = ("crossattention.", "decoder.cls.predictions.")
-
-
-def fresh_parameter_names(model) -> list[str]:
-    """Names of the trainable parameters that match `FRESH_PARAMETER_PATTERNS`."""
-    return [
-        name
-        for name, param in model.named_parameters()
-        if param.requires_grad and any(pattern in name for pattern in FRESH_PARAMETER_PATTERNS)
-    ]
-
-
-def fresh_lr_optimizer(
-    model, training_args: TaskTrainingArguments, multiplier: float
-) -> torch.optim.Optimizer:
-    """The Trainer's optimizer, with the fresh parameters (`fresh_parameter_names`) at `multiplier` × the rate.
-
-    Four parameter groups: the other parameters with and without weight decay at `--learning_rate`
-    (first, so the logged `learning_rate` is the base schedule), then the fresh ones with and without
-    weight decay at `multiplier × --learning_rate`. Weight decay follows the Trainer's own
-    `get_decay_parameter_names` (none on biases and LayerNorm), and the optimizer class and its
-    arguments (betas, eps, ...) follow `--optim` through `Trainer.get_optimizer_cls_and_kwargs`.
-
-    Handed to the Trainer as `optimizers=(optimizer, None)`, it still gets the Trainer's schedule:
-    `get_scheduler` builds a `LambdaLR`, which sets every group's rate to its initial rate times the
-    same factor at each step, so warm-up and decay keep the ratio between the groups.
-
-    Raises:
-        ValueError: no parameter of the model is fresh (not a bert2bert model), naming the flag.
-    """
-    from transformers import Seq2SeqTrainer
-    from transformers.trainer_optimizer import is_optimizer_factory
-
-    fresh = set(fresh_parameter_names(model))
-    if not fresh:
-        raise ValueError(
-            f"--fresh_lr_multiplier {multiplier:g} found no fresh parameters in this {model.config.model_type} "
-            f"model (names containing {' or '.join(FRESH_PARAMETER_PATTERNS)}: bert2bert cross-attention); "
-            "leave it at 1 for other models"
-        )
-    # `get_decay_parameter_names` reads nothing from the Trainer instance: called unbound, before the
-    # Trainer exists, it gives the very names the Trainer's own `create_optimizer` would use.
-    decay = set(Seq2SeqTrainer.get_decay_parameter_names(None, model))
-    optimizer_cls, optimizer_kwargs = Seq2SeqTrainer.get_optimizer_cls_and_kwargs(training_args, model)
-    if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-        raise ValueError(
-            f"--fresh_lr_multiplier needs an optimizer built from parameter groups, but --optim "
-            f"{training_args.optim} builds its own: use an AdamW --optim (e.g. adamw_torch) or leave the "
-            "multiplier at 1"
-        )
-    base_lr = training_args.learning_rate
-    groups = []
-    for is_fresh, lr in ((False, base_lr), (True, base_lr * multiplier)):
-        for has_decay, weight_decay in ((True, training_args.weight_decay), (False, 0.0)):
-            params = [
-                p
-                for n, p in model.named_parameters()
-                if p.requires_grad and (n in fresh) == is_fresh and (n in decay) == has_decay
-            ]
-            groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
-    logger.info(
-        "Fresh parameters (%s) learn at %g × %g: %d tensors, %d values",
-        ", ".join(FRESH_PARAMETER_PATTERNS),
-        multiplier,
-        base_lr,
-        len(fresh),
-        sum(p.numel() for g in groups[2:] for p in g["params"]),
-    )
-    return optimizer_cls(groups, **optimizer_kwargs)
-
 
 def run_finetune(
     model_args: FinetuneModelArguments,
@@ -325,6 +245,8 @@ def run_finetune(
     # Train (the fresh parameters at a higher rate when asked), score, save.
     optimizer = None
     if model_args.fresh_lr_multiplier != 1:
+        from ckadistill.warm_start import fresh_lr_optimizer
+
         optimizer = fresh_lr_optimizer(model, training_args, model_args.fresh_lr_multiplier)
     trainer = Seq2SeqTrainer(
         model=model,
@@ -572,154 +494,3 @@ def run_distill(
             usage=_usage(prefix, generation_args.max_new_tokens),
         )
     return metrics
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluating saved models side by side.
-# ---------------------------------------------------------------------------------------------------
-
-
-def evaluate_models(
-    model_dirs: Sequence[str],
-    data_args: DataArguments,
-    generation_args: GenerationArguments,
-    *,
-    split: str = "test",
-    latency_batch_size: int = 16,
-    latency_new_tokens: int = 32,
-    latency_examples: int = 32,
-    device: str | None = None,
-) -> list[dict[str, Any]]:
-    """Scores, size and generation latency of saved encoder-decoders on one data split, one row per model.
-
-    Scores: every source generated with `generation_args`, scored against the raw references. Latency:
-    greedy generation of exactly `latency_new_tokens` tokens for each of the first `latency_examples`
-    sources, at batch 1 and at `latency_batch_size` (`measure_generation_latency`), so every model does
-    the same work.
-
-    Returns:
-        Rows with `name`, `path`, `parameters`, the task scores (`rouge1`, `rouge2`, `rougeL`,
-        `rougeLsum`, or `bleu`, `chrf`), `ms_per_example_bs1`, `ms_per_example_bs{N}`,
-        `tokens_per_second_bs{N}` (N = `latency_batch_size`), `latency_batch_size`,
-        `latency_new_tokens`, `latency_examples`, `examples`, `torch_threads`, `device`.
-    """
-    from datasets import DatasetDict
-    from transformers import AutoTokenizer
-
-    if not model_dirs:
-        raise ValueError("give at least one model directory to evaluate")
-    for flag, value in (
-        ("latency_batch_size", latency_batch_size),
-        ("latency_new_tokens", latency_new_tokens),
-        ("latency_examples", latency_examples),
-    ):
-        if value < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {value}")
-    raw = load_raw_splits(data_args, require_train=False)
-    if split not in raw:
-        raise ValueError(f"--split {split} is not in the data; available splits: {', '.join(raw)}")
-    raw = DatasetDict({split: raw[split]})
-    sources, references = seq2seq_texts(raw, data_args, split)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
-    for model_dir in model_dirs:
-        model = load_seq2seq_model(model_dir, flag="MODEL_DIR", task=data_args.task).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        prefix = prepare_tokenizer(tokenizer, model.config, data_args)
-        bos = forced_bos_token_id(tokenizer, model.config, data_args)
-        predictions = generate(
-            model,
-            tokenizer,
-            sources,
-            generation_args,
-            prefix=prefix,
-            max_source_length=data_args.max_source_length,
-            forced_bos_token_id=bos,
-        )
-        timed = [prefix + s for s in sources[:latency_examples]]
-        latency = {
-            size: measure_generation_latency(
-                model,
-                tokenizer,
-                timed,
-                batch_size=size,
-                new_tokens=latency_new_tokens,
-                max_source_length=data_args.max_source_length,
-            )
-            for size in sorted({1, latency_batch_size})
-        }
-        n = latency_batch_size
-        rows.append(
-            {
-                "name": Path(model_dir).name,
-                "path": str(model_dir),
-                "parameters": count_parameters(model),
-                **task_scores(data_args.task, predictions, references),
-                "ms_per_example_bs1": latency[1]["ms_per_example"],
-                f"ms_per_example_bs{n}": latency[n]["ms_per_example"],
-                f"tokens_per_second_bs{n}": latency[n]["tokens_per_second"],
-                "latency_batch_size": n,
-                "latency_new_tokens": latency_new_tokens,
-                "latency_examples": len(timed),
-                "examples": len(sources),
-                "torch_threads": torch.get_num_threads(),
-                "device": device,
-            }
-        )
-        logger.info("Evaluated %s: %s", model_dir, rows[-1])
-    return rows
-
-
-# (row key, header, format) of the scores; only those some row has are shown.
-SCORE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("rouge1", "R-1", "{:.2f}"),
-    ("rouge2", "R-2", "{:.2f}"),
-    ("rougeL", "R-L", "{:.2f}"),
-    ("rougeLsum", "R-Lsum", "{:.2f}"),
-    ("bleu", "BLEU", "{:.2f}"),
-    ("chrf", "chrF", "{:.2f}"),
-)
-
-
-def results_table(rows: Sequence[dict]) -> str:
-    """A Markdown table of `evaluate_models` rows; compression and speed-up are relative to the first row.
-
-    The relative score is R-2 for summarisation rows, BLEU for translation rows; speed-up is the first
-    row's milliseconds per example at batch N over each row's.
-    """
-    if not rows:
-        raise ValueError("results_table needs at least one row")
-    ref, n = rows[0], rows[0]["latency_batch_size"]
-    main = "rouge2" if "rouge2" in ref else "bleu"
-    columns = [
-        ("name", "model", "{}"),
-        ("parameters", "parameters", "{:,}"),
-        ("compression", "compression", "{:.2f}×"),
-        *(c for c in SCORE_COLUMNS if any(c[0] in row for row in rows)),
-        ("relative", f"{'R-2' if main == 'rouge2' else 'BLEU'} vs first", "{:.1%}"),
-        ("ms_per_example_bs1", "ms/example (batch 1)", "{:.1f}"),
-        (f"ms_per_example_bs{n}", f"ms/example (batch {n})", "{:.1f}"),
-        (f"tokens_per_second_bs{n}", f"tokens/s (batch {n})", "{:.0f}"),
-        ("speedup", f"speed-up (batch {n})", "{:.2f}×"),
-    ]
-    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |"]
-    lines.append("|" + "|".join("---" if key == "name" else "---:" for key, _, _ in columns) + "|")
-    for row in rows:
-        row = {
-            **row,
-            "compression": ref["parameters"] / row["parameters"],
-            "relative": row.get(main, 0.0) / ref[main] if ref.get(main) else None,
-            "speedup": ref[f"ms_per_example_bs{n}"] / row[f"ms_per_example_bs{n}"]
-            if row.get(f"ms_per_example_bs{n}")
-            else None,
-        }
-        cells = [fmt.format(row[k]) if row.get(k) is not None else "-" for k, _, fmt in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        f"Scores on {ref['examples']:,} examples; latency: greedy generation of exactly "
-        f"{ref['latency_new_tokens']} tokens for the first {ref['latency_examples']} examples (warm-up excluded) "
-        f"on {ref['device']} with {ref['torch_threads']} torch threads; compression and speed-up relative to "
-        f"{ref['name']}."
-    )
-    return "\n".join(lines)
