@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import BartConfig, BartModel, BertConfig, BertModel
 
-from ckadistill.analysis import layer_cka_matrix, load_cka_csv, save_cka_csv, save_cka_heatmap
+from ckadistill.analysis import layer_cka_matrix, load_cka_csv, make_batches, save_cka_csv, save_cka_heatmap
 from ckadistill.commands import cka_map as cka_map_cmd
-from ckadistill.commands.cka_map import make_batches, read_texts
+from ckadistill.data import read_texts
 from ckadistill.losses import linear_cka
 from conftest import SENTENCES, build_tokenizer
 

@@ -14,9 +14,8 @@ import pytest
 import torch
 import transformers as tf
 
-from ckadistill.analysis import layer_cka_matrix, load_cka_csv
+from ckadistill.analysis import layer_cka_matrix, load_cka_csv, make_batches
 from ckadistill.commands import cka_map as cka_map_cmd
-from ckadistill.commands.cka_map import make_batches
 from ckadistill.commands.layer_map import main as layer_map_main
 from ckadistill.commands.make_student import main as make_student_main
 from ckadistill.families import get_family, num_decoder_layers, num_encoder_layers

@@ -111,6 +111,15 @@ def test_cli_pca_reads_init_data(tokenizer, sentences, tmp_path, capsys):
     assert make_student_main([*argv, "--init", "slice", "--init-data", str(data)]) == 2
     assert "--init-data is only read by --init pca" in capsys.readouterr().err
 
+    # A CSV with a text column (as the quickstart's splits) works too; a wrong column is named.
+    table = tmp_path / "train.csv"
+    table.write_text("id,body\n" + "".join(f"{i},{s}\n" for i, s in enumerate(sentences)), encoding="utf-8")
+    pca_csv = [*argv, "--init", "pca", "--init-data", str(table)]
+    assert make_student_main([*pca_csv, "--init-text-column", "body"]) == 0
+    assert tf.AutoConfig.from_pretrained(out).ckadistill["pca"]["texts"] == len(sentences)
+    assert make_student_main(pca_csv) == 2
+    assert "--init-text-column 'text' is not in train.csv" in capsys.readouterr().err
+
 
 def test_masked_lm_head_norm_is_finite(tokenizer, sentences):
     # The MLM head's LayerNorm never runs in the body the basis is measured on: it must not become NaN.

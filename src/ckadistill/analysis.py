@@ -187,3 +187,42 @@ def load_cka_csv(path_csv: str | Path) -> np.ndarray:
     with open(path_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     return np.array([[float(v) for v in row[1:]] for row in rows[1:]], dtype=np.float64)
+
+
+def make_batches(
+    tokenizer,
+    texts: list[str],
+    targets: list[str] | None,
+    *,
+    encoder_decoder: bool,
+    batch_size: int,
+    max_length: int,
+) -> list[dict]:
+    """Tokenised batches: `input_ids`/`attention_mask` `(B, T)`, plus `decoder_input_ids` and
+    `decoder_attention_mask` `(B, T')` from the targets (or the texts) for encoder-decoders."""
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        enc = tokenizer(
+            chunk,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if encoder_decoder:
+            chunk_targets = targets[start : start + batch_size] if targets is not None else chunk
+            dec = tokenizer(
+                text_target=chunk_targets,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_token_type_ids=False,
+                return_tensors="pt",
+            )
+            batch["decoder_input_ids"] = dec["input_ids"]
+            batch["decoder_attention_mask"] = dec["attention_mask"]
+        batches.append(batch)
+    return batches

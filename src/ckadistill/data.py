@@ -9,6 +9,8 @@ Every problem with the data is raised before any training starts, naming the fla
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -213,3 +215,56 @@ def check_vocab_compatible(
             f"the student's tokenizer ({len(student_tokenizer)} tokens) differs from the teacher's tokenizer "
             f"{tokenizer_name} ({len(tokenizer)} tokens): both must map text to the same ids"
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sample text (cka-map, make-student --init pca).
+# ---------------------------------------------------------------------------------------------------
+
+TEXT_SUFFIXES = (".txt", ".csv", ".jsonl")
+
+
+def read_texts(
+    path: str | Path,
+    text_column: str = "text",
+    target_column: str | None = None,
+    max_samples: int | None = None,
+    *,
+    flag: str = "data",
+    text_flag: str = "text-column",
+) -> tuple[list[str], list[str] | None]:
+    """Texts (and targets when `target_column` is given) from a .txt, .csv or .jsonl file, blanks skipped.
+
+    Sample text for `cka-map` and for `make-student --init pca`; errors name `flag`, the option that
+    gave the file, and `text_flag`, the one that gave the text column.
+    """
+    path = Path(path)
+    if path.suffix not in TEXT_SUFFIXES:
+        raise ValueError(f"--{flag} must end in one of {', '.join(TEXT_SUFFIXES)}, got {path.name!r}")
+    if not path.is_file():
+        raise ValueError(f"--{flag} file not found: {path}")
+    if path.suffix == ".txt":
+        if target_column is not None:
+            raise ValueError(
+                "--target-column needs a .csv or .jsonl file; a .txt file holds one text per line"
+            )
+        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8").splitlines()]
+        text_column = "text"
+    elif path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for column, column_flag in ((text_column, text_flag), (target_column, "target-column")):
+        if column is not None and rows and column not in rows[0]:
+            raise ValueError(
+                f"--{column_flag} {column!r} is not in {path.name}; its fields are {sorted(rows[0])}"
+            )
+    rows = [r for r in rows if str(r[text_column]).strip()]
+    if max_samples is not None:
+        rows = rows[:max_samples]
+    if not rows:
+        raise ValueError(f"--{flag} {path} holds no non-empty texts")
+    texts = [str(r[text_column]) for r in rows]
+    targets = [str(r[target_column]) for r in rows] if target_column is not None else None
+    return texts, targets

@@ -263,8 +263,7 @@ def cka_heatmap(teacher: Path, student: Path, texts: list[str], report_dir: Path
     """Teacher × student CKA on held-out text, with the distillation's layer pairs boxed."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
-    from ckadistill.commands.cka_map import make_batches
+    from ckadistill.analysis import layer_cka_matrix, make_batches, save_cka_csv, save_cka_heatmap
 
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     batches = make_batches(
@@ -312,7 +311,7 @@ def write_report(
 def run_quickstart(args: QuickstartArguments) -> dict:
     """Run every phase; returns the evaluation rows (teacher first), the report's path and phase times."""
     from ckadistill.bbc import write_splits
-    from ckadistill.commands.cka_map import read_texts
+    from ckadistill.data import read_texts
     from ckadistill.progress import JobClock, format_duration
     from ckadistill.report import plot_loss_curves
     from ckadistill.tasks.classification import evaluate_models

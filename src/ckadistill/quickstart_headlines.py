@@ -409,8 +409,7 @@ def cka_heatmaps(
 ) -> list[Path]:
     """Teacher × student CKA of the encoder and of the decoder on test articles and their headlines,
     with the distillation's layer pairs boxed; `cka_<part>.png` and `cka_<part>.csv` per stack."""
-    from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
-    from ckadistill.commands.cka_map import make_batches
+    from ckadistill.analysis import layer_cka_matrix, make_batches, save_cka_csv, save_cka_heatmap
 
     batches = make_batches(
         tokenizer,

@@ -312,15 +312,6 @@ def make_student(
     return student
 
 
-def read_texts(path: str) -> list[str]:
-    """Non-empty lines of a UTF-8 text file, one text per line."""
-    texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    texts = [t for t in texts if t]
-    if not texts:
-        raise ValueError(f"--init-data {path} holds no text (expected one text per line)")
-    return texts
-
-
 def load_teacher(teacher: str) -> PreTrainedModel:
     """Load a teacher with the class its config names (so task heads survive), else the base model."""
     import transformers
@@ -347,6 +338,7 @@ def create_student(
     num_heads: int | None = None,
     init: str = "slice",
     init_data: str | None = None,
+    init_text_column: str = "text",
     seed: int = 0,
 ) -> Path:
     """Load a teacher (path or hub id) and its tokenizer, build a student, save both in `output_dir`.
@@ -357,7 +349,11 @@ def create_student(
 
     if init_data is not None and init != "pca":
         raise ValueError(f"--init-data is only read by --init pca, not --init {init}")
-    texts = read_texts(init_data) if init_data is not None else None
+    texts = None
+    if init_data is not None:
+        from ckadistill.data import read_texts
+
+        texts, _ = read_texts(init_data, init_text_column, flag="init-data", text_flag="init-text-column")
     model = load_teacher(teacher)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     student = make_student(

@@ -18,24 +18,22 @@ models to read the same tokens, and the start-token convention differs from fami
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
 import sys
 from pathlib import Path
 
+from ckadistill.analysis import make_batches
 from ckadistill.commands.layer_map import MAP_HELP
+from ckadistill.data import TEXT_SUFFIXES, read_texts
 
 logger = logging.getLogger(__name__)
-
-SUFFIXES = (".txt", ".csv", ".jsonl")
 
 
 def build_parser(prog: str = "ckadistill cka-map") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Teacher x student layer CKA heatmaps and CSVs.")
     parser.add_argument("--teacher", required=True, help="Teacher model directory or hub name.")
     parser.add_argument("--student", required=True, help="Student model directory or hub name.")
-    parser.add_argument("--data", required=True, help=f"Sample text file: {', '.join(SUFFIXES)}.")
+    parser.add_argument("--data", required=True, help=f"Sample text file: {', '.join(TEXT_SUFFIXES)}.")
     parser.add_argument("--output", required=True, help="Folder for encoder/decoder .png and .csv files.")
     parser.add_argument("--max-samples", "--max_samples", dest="max_samples", type=int, default=256)
     parser.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=128)
@@ -65,82 +63,6 @@ def build_parser(prog: str = "ckadistill cka-map") -> argparse.ArgumentParser:
         "--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
     )
     return parser
-
-
-def read_texts(
-    path: str | Path,
-    text_column: str = "text",
-    target_column: str | None = None,
-    max_samples: int | None = None,
-) -> tuple[list[str], list[str] | None]:
-    """Texts (and targets when `target_column` is given) from a .txt, .csv or .jsonl file, blanks skipped."""
-    path = Path(path)
-    if path.suffix not in SUFFIXES:
-        raise ValueError(f"--data must end in one of {', '.join(SUFFIXES)}, got {path.name!r}")
-    if not path.is_file():
-        raise ValueError(f"--data file not found: {path}")
-    if path.suffix == ".txt":
-        if target_column is not None:
-            raise ValueError(
-                "--target-column needs a .csv or .jsonl file; a .txt file holds one text per line"
-            )
-        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8").splitlines()]
-        text_column = "text"
-    elif path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for column, flag in ((text_column, "--text-column"), (target_column, "--target-column")):
-        if column is not None and rows and column not in rows[0]:
-            raise ValueError(f"{flag} {column!r} is not in {path.name}; its fields are {sorted(rows[0])}")
-    rows = [r for r in rows if str(r[text_column]).strip()]
-    if max_samples is not None:
-        rows = rows[:max_samples]
-    if not rows:
-        raise ValueError(f"--data {path} holds no non-empty texts")
-    texts = [str(r[text_column]) for r in rows]
-    targets = [str(r[target_column]) for r in rows] if target_column is not None else None
-    return texts, targets
-
-
-def make_batches(
-    tokenizer,
-    texts: list[str],
-    targets: list[str] | None,
-    *,
-    encoder_decoder: bool,
-    batch_size: int,
-    max_length: int,
-) -> list[dict]:
-    """Tokenised batches: `input_ids`/`attention_mask` `(B, T)`, plus `decoder_input_ids` and
-    `decoder_attention_mask` `(B, T')` from the targets (or the texts) for encoder-decoders."""
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        enc = tokenizer(
-            chunk,
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_token_type_ids=False,
-            return_tensors="pt",
-        )
-        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        if encoder_decoder:
-            chunk_targets = targets[start : start + batch_size] if targets is not None else chunk
-            dec = tokenizer(
-                text_target=chunk_targets,
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_token_type_ids=False,
-                return_tensors="pt",
-            )
-            batch["decoder_input_ids"] = dec["input_ids"]
-            batch["decoder_attention_mask"] = dec["attention_mask"]
-        batches.append(batch)
-    return batches
 
 
 def summarise(part: str, matrix, pairs: tuple[tuple[int, int], ...]) -> str:

@@ -41,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         "copy: DistilBART's alternating layers at equal width; pca: slice with the residual width "
         "rotated into the teacher's top principal directions (needs --init-data).",
     )
-    parser.add_argument("--init-data", help="Text file, one text per line, measured by --init pca.")
+    parser.add_argument(
+        "--init-data",
+        help="Sample text measured by --init pca: .txt (one text per line), .csv or .jsonl (--init-text-column).",
+    )
+    parser.add_argument(
+        "--init-text-column", default="text", help="Text field of a .csv / .jsonl --init-data file."
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random initialisation.")
     return parser
 
@@ -63,6 +69,7 @@ def main(argv: list[str]) -> int:
             num_heads=args.heads,
             init=args.init,
             init_data=args.init_data,
+            init_text_column=args.init_text_column,
             seed=args.seed,
         )
     except ValueError as err:
