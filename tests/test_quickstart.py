@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from ckadistill.commands.quickstart import main
-from ckadistill.quickstart import QuickstartArguments, run_quickstart, train_teacher
+from ckadistill.quickstart import QuickstartArguments, link_teacher, run_quickstart, train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,29 @@ def test_report_and_clean_student(smoke):
 def test_teacher_is_cached_and_reused(smoke):
     args, result = smoke
     assert train_teacher(args, {}) == Path(result["teacher"])  # no data needed: cached
+
+
+def test_stable_teacher_path_beside_the_student(smoke, tmp_path, monkeypatch):
+    args, result = smoke
+    link = Path(args.output_dir) / "teacher"
+    assert result["teacher_link"] == str(link)
+    assert link.resolve() == Path(result["teacher"]).resolve()
+    assert AutoModelForSequenceClassification.from_pretrained(link).config.num_labels == 5
+    # A rerun replaces the link; where links are refused the teacher is copied.
+    other = tmp_path / "other-teacher"
+    other.mkdir()
+    (other / "config.json").write_text("{}", encoding="utf-8")
+    relinked = link_teacher(other, tmp_path / "out")
+    assert relinked.is_symlink() and (relinked / "config.json").read_text(encoding="utf-8") == "{}"
+    assert link_teacher(Path(result["teacher"]), tmp_path / "out").resolve() == link.resolve()
+    assert (other / "config.json").exists()  # replacing the link leaves its old target alone
+
+    def refuse(*args, **kwargs):
+        raise OSError("links not allowed")
+
+    monkeypatch.setattr(Path, "symlink_to", refuse)
+    copied = link_teacher(other, tmp_path / "out")
+    assert not copied.is_symlink() and (copied / "config.json").read_text(encoding="utf-8") == "{}"
 
 
 def test_bad_flag_is_reported(capsys):

@@ -247,6 +247,7 @@ def test_teacher_is_cached_and_reused(smoke):
     args, result = smoke
     teacher = Path(result["teacher"])
     assert train_teacher(args, {}) == teacher  # no data needed: cached
+    assert (Path(args.output_dir) / "teacher").resolve() == teacher.resolve()  # the stable path
     assert not teacher.with_name(teacher.name + ".partial").exists()
     config = yaml.safe_load((teacher / "ckadistill_config.yaml").read_text(encoding="utf-8"))
     assert config["fresh_lr_multiplier"] == args.cross_attention_lr_multiplier == 5.0

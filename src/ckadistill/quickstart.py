@@ -159,6 +159,25 @@ def _remove_checkpoints(folder: Path) -> None:
         shutil.rmtree(checkpoint, ignore_errors=True)
 
 
+def link_teacher(teacher: Path, output_dir: Path) -> Path:
+    """`<output_dir>/teacher`: a stable path to the cached teacher, for the commands a user runs next.
+
+    A symbolic link to the cache folder; a copy where the file system refuses links. Like the job's
+    other outputs (`data/`, `student/`, `report/`), it replaces what an earlier run left there.
+    """
+    link = Path(output_dir) / "teacher"
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        link.symlink_to(Path(teacher).resolve(), target_is_directory=True)
+    except OSError:  # e.g. Windows without the privilege to create links
+        shutil.copytree(teacher, link)
+    return link
+
+
 def _data_args(splits: dict[str, Path], args: QuickstartArguments):
     from ckadistill.config import DataArguments
 
@@ -330,6 +349,7 @@ def run_quickstart(args: QuickstartArguments) -> dict:
 
     clock.phase("teacher", "MiniLM fine-tuned on BBC News (cached for later runs)")
     teacher = train_teacher(args, splits, callbacks=[clock.step_estimator()])
+    teacher_link = link_teacher(teacher, output)
 
     clock.phase("student", f"{args.student_layers} layers × {args.student_hidden_size} wide, distilled")
     student = output / "student"
@@ -351,11 +371,15 @@ def run_quickstart(args: QuickstartArguments) -> dict:
 
     times = ", ".join(f"{name} {format_duration(sec)}" for name, sec in timings.items())
     banner = f"Smoke run (--fast): {FAST_NOTE}\n\n" if args.fast else ""
-    print(f"\n{banner}{table}\n\nTimes: {times}\nReport: {report}\nStudent: {student}\nTeacher: {teacher}")
+    print(
+        f"\n{banner}{table}\n\nTimes: {times}\nReport: {report}\nStudent: {student}\n"
+        f"Teacher: {teacher_link} (cached in {teacher})"
+    )
     return {
         "rows": rows,
         "report": str(report),
         "student": str(student),
         "teacher": str(teacher),
+        "teacher_link": str(teacher_link),
         "seconds": timings,
     }

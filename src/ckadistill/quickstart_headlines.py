@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ckadistill.quickstart import DATA_SEED, apply_fast_budget, default_cache_dir, minilm_path
+from ckadistill.quickstart import DATA_SEED, apply_fast_budget, default_cache_dir, link_teacher, minilm_path
 from ckadistill.report import settings_section
 
 logger = logging.getLogger(__name__)
@@ -497,6 +497,7 @@ def run_headline_quickstart(args: HeadlineQuickstartArguments) -> dict:
 
     clock.phase("teacher", "bert2bert MiniLM fine-tuned to write headlines (cached for later runs)")
     teacher = train_teacher(args, splits, callbacks=[clock.step_estimator()])
+    teacher_link = link_teacher(teacher, output)
 
     shape = f"{args.student_encoder_layers}+{args.student_decoder_layers} layers × {args.student_hidden_size} wide"
     clock.phase("student", f"{shape}, distilled")
@@ -546,7 +547,7 @@ def run_headline_quickstart(args: HeadlineQuickstartArguments) -> dict:
     banner = f"Smoke run (--fast): {FAST_NOTE}\n\n" if args.fast else ""
     print(
         f"\n{banner}{table}\n\n{examples_table(examples)}\n\nTimes: {times}\nReport: {report}\n"
-        f"Student: {student}\nTeacher: {teacher}"
+        f"Student: {student}\nTeacher: {teacher_link} (cached in {teacher})"
     )
     return {
         "rows": rows,
@@ -554,5 +555,6 @@ def run_headline_quickstart(args: HeadlineQuickstartArguments) -> dict:
         "report": str(report),
         "student": str(student),
         "teacher": str(teacher),
+        "teacher_link": str(teacher_link),
         "seconds": timings,
     }
