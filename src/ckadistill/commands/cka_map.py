@@ -77,8 +77,13 @@ def summarise(part: str, matrix, pairs: tuple[tuple[int, int], ...]) -> str:
     return "\n".join(lines)
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments, as `main` reads them (argparse exits with status 2 on a bad flag)."""
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for flag, value in (
         ("--max-samples", args.max_samples),

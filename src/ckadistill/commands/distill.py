@@ -14,7 +14,12 @@ import sys
 logger = logging.getLogger(__name__)
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> tuple:
+    """`(model, data, distill, training, generation)` arguments from `[CONFIG.yaml] [--flag value ...]`.
+
+    Raises:
+        ValueError: a bad value, a missing or unreadable preset, an unknown preset key.
+    """
     from ckadistill.config import (
         DataArguments,
         DistillArguments,
@@ -24,21 +29,19 @@ def main(argv: list[str]) -> int:
         parse_config,
     )
 
+    return parse_config(
+        (DistillModelArguments, DataArguments, DistillArguments, TaskTrainingArguments, GenerationArguments),
+        argv,
+        prog="ckadistill distill",
+        description="Distil a fine-tuned teacher into a smaller student (CKA by default): a classifier "
+        "(--task classification), or an encoder-decoder (--task summarization or translation).",
+    )
+
+
+def main(argv: list[str]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        model_args, data_args, distill_args, training_args, generation_args = parse_config(
-            (
-                DistillModelArguments,
-                DataArguments,
-                DistillArguments,
-                TaskTrainingArguments,
-                GenerationArguments,
-            ),
-            argv,
-            prog="ckadistill distill",
-            description="Distil a fine-tuned teacher into a smaller student (CKA by default): a classifier "
-            "(--task classification), or an encoder-decoder (--task summarization or translation).",
-        )
+        model_args, data_args, distill_args, training_args, generation_args = parse(argv)
         if data_args.is_seq2seq:
             from ckadistill.tasks.seq2seq import run_distill
 

@@ -17,8 +17,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
-def main(argv: list[str]) -> int:
-    import torch
+def build_parser():
+    """The `HfArgumentParser` of the data and generation dataclasses plus evaluate's own flags."""
     from transformers import HfArgumentParser
 
     from ckadistill.config import DataArguments, GenerationArguments
@@ -67,21 +67,37 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)."
     )
+    return parser
+
+
+def parse(argv: list[str]) -> tuple:
+    """`(data, generation, extra)` arguments, with `--data` given to `--split` (a file) or the hub (a name).
+
+    Raises:
+        ValueError: a bad value (argparse exits with status 2 on an unknown flag).
+    """
+    data_args, generation_args, extra = build_parser().parse_args_into_dataclasses(
+        args=argv, look_for_args_file=False
+    )
+    if extra.data is not None:
+        if Path(extra.data).exists():
+            data_args = dataclasses.replace(
+                data_args,
+                **{f"{extra.split}_file": extra.data},
+                validation_split_fraction=0.0,
+                test_split_fraction=0.0,
+            )
+        else:
+            data_args = dataclasses.replace(data_args, dataset_name=extra.data)
+    return data_args, generation_args, extra
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
-        data_args, generation_args, extra = parser.parse_args_into_dataclasses(
-            args=argv, look_for_args_file=False
-        )
-        if extra.data is not None:
-            if Path(extra.data).exists():
-                data_args = dataclasses.replace(
-                    data_args,
-                    **{f"{extra.split}_file": extra.data},
-                    validation_split_fraction=0.0,
-                    test_split_fraction=0.0,
-                )
-            else:
-                data_args = dataclasses.replace(data_args, dataset_name=extra.data)
+        data_args, generation_args, extra = parse(argv)
         if extra.threads is not None:
             torch.set_num_threads(extra.threads)
         if data_args.is_seq2seq:

@@ -13,7 +13,12 @@ import sys
 logger = logging.getLogger(__name__)
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> tuple:
+    """`(model, data, training, generation)` arguments from `[CONFIG.yaml] [--flag value ...]`.
+
+    Raises:
+        ValueError: a bad value, a missing or unreadable preset, an unknown preset key.
+    """
     from ckadistill.config import (
         DataArguments,
         FinetuneModelArguments,
@@ -22,15 +27,19 @@ def main(argv: list[str]) -> int:
         parse_config,
     )
 
+    return parse_config(
+        (FinetuneModelArguments, DataArguments, TaskTrainingArguments, GenerationArguments),
+        argv,
+        prog="ckadistill finetune",
+        description="Fine-tune a base model or checkpoint into a teacher: a sequence classifier "
+        "(--task classification), or an encoder-decoder (--task summarization or translation).",
+    )
+
+
+def main(argv: list[str]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        model_args, data_args, training_args, generation_args = parse_config(
-            (FinetuneModelArguments, DataArguments, TaskTrainingArguments, GenerationArguments),
-            argv,
-            prog="ckadistill finetune",
-            description="Fine-tune a base model or checkpoint into a teacher: a sequence classifier "
-            "(--task classification), or an encoder-decoder (--task summarization or translation).",
-        )
+        model_args, data_args, training_args, generation_args = parse(argv)
         if data_args.is_seq2seq:
             from ckadistill.tasks.seq2seq import run_finetune
 

@@ -55,8 +55,13 @@ def format_table(
     return "\n".join(lines)
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments, as `main` reads them (argparse exits with status 2 on a bad flag)."""
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     from transformers import AutoConfig
 
     teacher_config = AutoConfig.from_pretrained(args.teacher)

@@ -52,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments, as `main` reads them (argparse exits with status 2 on a bad flag)."""
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from ckadistill.students import create_student
 

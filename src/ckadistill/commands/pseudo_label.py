@@ -17,19 +17,30 @@ logger = logging.getLogger(__name__)
 PROG = "ckadistill pseudo-label"
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> tuple:
+    """`(pseudo-label, data, generation)` arguments from `[CONFIG.yaml] [--flag value ...]`.
+
+    Raises:
+        ValueError: a bad value, a missing or unreadable preset, an unknown preset key.
+    """
     from ckadistill.config import GenerationArguments, parse_config
-    from ckadistill.tasks.pseudo_label import PseudoLabelArguments, PseudoLabelDataArguments, run_pseudo_label
+    from ckadistill.tasks.pseudo_label import PseudoLabelArguments, PseudoLabelDataArguments
+
+    return parse_config(
+        (PseudoLabelArguments, PseudoLabelDataArguments, GenerationArguments),
+        argv,
+        prog=PROG,
+        description="Generate with an encoder-decoder teacher for every row of a data file and write the "
+        "rows with the outputs as JSON lines (sequence-level distillation data; resumable).",
+    )
+
+
+def main(argv: list[str]) -> int:
+    from ckadistill.tasks.pseudo_label import run_pseudo_label
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        args, data_args, generation_args = parse_config(
-            (PseudoLabelArguments, PseudoLabelDataArguments, GenerationArguments),
-            argv,
-            prog=PROG,
-            description="Generate with an encoder-decoder teacher for every row of a data file and write the "
-            "rows with the outputs as JSON lines (sequence-level distillation data; resumable).",
-        )
+        args, data_args, generation_args = parse(argv)
         counts = run_pseudo_label(args, data_args, generation_args)
     except ValueError as err:
         logger.debug("pseudo-label failed", exc_info=True)

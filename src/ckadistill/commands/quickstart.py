@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 TASKS = ("classification", "summarization")
 PROG = "ckadistill quickstart"
@@ -39,26 +40,25 @@ def split_task(argv: list[str]) -> tuple[str, list[str]]:
     return task, rest
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> tuple[str, Any]:
+    """The task and the job's arguments (`QuickstartArguments` or `HeadlineQuickstartArguments`).
+
+    Raises:
+        ValueError: an unknown task or a bad value (argparse exits with status 2 on an unknown flag).
+    """
     from transformers import HfArgumentParser
 
-    try:
-        task, argv = split_task(argv)
-    except ValueError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    task, argv = split_task(argv)
     if task == "summarization":
         from ckadistill.quickstart_headlines import HeadlineQuickstartArguments as Arguments
-        from ckadistill.quickstart_headlines import run_headline_quickstart as run
 
         prog = f"{PROG} --task summarization"
         description = (
-            "Fine-tune a bert2bert MiniLM to write BBC News headlines from the lead paragraphs, distil it "
+            "Fine-tune a bert2bert MiniLM to write BBC News headlines from the lead paragraph, distil it "
             "into a small student with CKA over encoder and decoder, report."
         )
     else:
         from ckadistill.quickstart import QuickstartArguments as Arguments
-        from ckadistill.quickstart import run_quickstart as run
 
         prog = PROG
         description = (
@@ -67,11 +67,20 @@ def main(argv: list[str]) -> int:
         )
     parser = HfArgumentParser(Arguments, prog=prog)
     parser.description = description
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return task, args
+
+
+def main(argv: list[str]) -> int:
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        task, args = parse(argv)
     except ValueError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    if task == "summarization":
+        from ckadistill.quickstart_headlines import run_headline_quickstart as run
+    else:
+        from ckadistill.quickstart import run_quickstart as run
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ckadistill").setLevel(logging.INFO)
     run(args)

@@ -132,9 +132,11 @@ def run_finetune(
         Trainer,
     )
 
+    from ckadistill.quickstart import packaged_model_path
+
     # Data and labels (from the data: the model's head is new).
-    name = model_args.model_name_or_path
-    tokenizer_name = model_args.tokenizer_name or name
+    name = packaged_model_path(model_args.model_name_or_path)  # the hub's MiniLM: the packaged copy
+    tokenizer_name = packaged_model_path(model_args.tokenizer_name or name)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     raw = load_raw_splits(data_args)
     labels = resolve_label_space(raw, data_args)
@@ -180,8 +182,8 @@ def run_finetune(
         write_model_card(
             output_dir,
             model=model,
-            title=f"{Path(name).name} fine-tuned for classification",
-            summary=f"`{name}` fine-tuned with ckadistill on {data_args.train_file or data_args.dataset_name}.",
+            title=f"{Path(model_args.model_name_or_path).name} fine-tuned for classification",
+            summary=f"`{model_args.model_name_or_path}` fine-tuned with ckadistill on {data_args.train_file or data_args.dataset_name}.",
             metrics=metrics,
             labels=labels.names,
             data=_data_summary(data_args, encoded),
