@@ -119,3 +119,15 @@ def test_every_key_has_a_comment_and_the_header_says_how(name):
     for line in text.splitlines():
         if line and not line.startswith(("#", " ")):
             assert re.search(r"\S\s+# \S", line), f"{name}: key without a comment: {line!r}"
+
+
+@pytest.mark.parametrize("name", ["summarization_cka.yaml", *PRESETS])
+def test_the_paper_weighting_in_code_matches_the_presets(name, tmp_path):
+    # DistillArguments.seq2seq_paper (the headline job, the benchmarks) and the YAML presets agree.
+    values = parsed(name, tmp_path)
+    recipe = DistillArguments.seq2seq_paper()
+    for key in ("alpha_task", "alpha_kd", "alpha_hidden", "hidden_loss", "hidden_reduction"):
+        assert getattr(recipe, key) == values[key], key
+    assert (recipe.layer_map, recipe.decoder_layer_map) == ("uniform", "uniform")
+    assert DistillArguments.seq2seq_paper("none").uses_hidden is False
+    assert DistillArguments.seq2seq_paper("mse_proj", temperature=2.0).temperature == 2.0

@@ -400,6 +400,22 @@ class DistillArguments:
             self.hidden_loss != "none" and self.alpha_hidden > 0 and self.layer_map.strip().lower() != "none"
         )
 
+    @classmethod
+    def seq2seq_paper(cls, hidden_loss: str = "cka", **overrides) -> "DistillArguments":
+        """The paper's encoder-decoder weighting: 0.2·CE + 0.8·KL + Σ hidden loss over the uniform encoder
+        and decoder pairs, one term per pair (configs/summarization_cka.yaml); `hidden_loss="none"` drops
+        the hidden term."""
+        values = dict(
+            alpha_task=0.2,
+            alpha_kd=0.8,
+            alpha_hidden=0.0 if hidden_loss == "none" else 1.0,
+            hidden_loss=hidden_loss,
+            hidden_reduction="sum",
+            layer_map="uniform",
+            decoder_layer_map="uniform",
+        )
+        return cls(**{**values, **overrides})
+
 
 @dataclass
 class TaskTrainingArguments(Seq2SeqTrainingArguments):

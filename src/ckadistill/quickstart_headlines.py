@@ -328,15 +328,7 @@ def distil_student(
         student_hidden_size=args.student_hidden_size,
         student_init=args.student_init,
     )
-    distill_args = DistillArguments(
-        alpha_task=0.2,  # the authors' summarisation weights (DESIGN.md §1)
-        alpha_kd=0.8,
-        alpha_hidden=1.0 if args.hidden_loss != "none" else 0.0,
-        hidden_loss=args.hidden_loss,
-        hidden_reduction="sum",
-        layer_map="uniform",
-        decoder_layer_map="uniform",
-    )
+    distill_args = DistillArguments.seq2seq_paper(args.hidden_loss)  # DESIGN.md §1
     resume = output.is_dir() and any(output.glob("checkpoint-*"))
     training = TaskTrainingArguments(
         output_dir=str(output),
