@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +46,7 @@ from ckadistill.config import (
     GenerationArguments,
     TaskTrainingArguments,
 )
-from ckadistill.quickstart import DATA_SEED
+from ckadistill.quickstart import DATA_SEED, remove_checkpoints
 from ckadistill.tasks.seq2seq import run_distill, run_finetune
 from ckadistill.tasks.seq2seq_evaluate import evaluate_models
 from ckadistill.tasks.seq2seq_metrics import split_sentences
@@ -227,8 +226,7 @@ def train_teacher(splits: dict[str, Path], folder: Path, args) -> Path:
         ),
         generation_args(),
     )
-    for checkpoint in partial.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
+    remove_checkpoints(partial)
     partial.rename(folder)
     return folder
 

@@ -170,7 +170,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CKADISTILL_CACHE", Path.home() / ".cache" / "ckadistill"))
 
 
-def _remove_checkpoints(folder: Path) -> None:
+def remove_checkpoints(folder: Path) -> None:
+    """Delete the Trainer's `checkpoint-*` folders in `folder` (a finished model needs no optimizer state)."""
     for checkpoint in folder.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
 
@@ -244,7 +245,7 @@ def train_teacher(args: QuickstartArguments, splits: dict[str, Path], callbacks:
         training,
         callbacks,
     )
-    _remove_checkpoints(partial)
+    remove_checkpoints(partial)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return final
@@ -290,7 +291,7 @@ def distil_student(
     # The model card gets validation scores; the evaluate phase scores the test split, once.
     data = replace(_data_args(splits, args), test_file=None)
     metrics = run_distill(model_args, data, distill_args, training, callbacks)
-    _remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
+    remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
     return metrics
 
 

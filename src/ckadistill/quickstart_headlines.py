@@ -32,7 +32,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ckadistill.quickstart import DATA_SEED, apply_fast_budget, default_cache_dir, link_teacher, minilm_path
+from ckadistill.quickstart import (
+    DATA_SEED,
+    apply_fast_budget,
+    default_cache_dir,
+    link_teacher,
+    minilm_path,
+    remove_checkpoints,
+)
 from ckadistill.report import settings_section
 
 logger = logging.getLogger(__name__)
@@ -244,11 +251,6 @@ def _generation_args(args: HeadlineQuickstartArguments):
     )
 
 
-def _remove_checkpoints(folder: Path) -> None:
-    for checkpoint in folder.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Phase 2: the teacher.
 # ---------------------------------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def train_teacher(
         _generation_args(args),
         callbacks,
     )
-    _remove_checkpoints(partial)
+    remove_checkpoints(partial)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     return final
@@ -350,7 +352,7 @@ def distil_student(
         _data_args(splits, args), validation_file=None, test_file=None, validation_split_fraction=0.0
     )
     metrics = run_distill(model_args, data_args, distill_args, training, _generation_args(args), callbacks)
-    _remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
+    remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
     return metrics
 
 
