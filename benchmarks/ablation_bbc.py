@@ -40,7 +40,8 @@ from ckadistill.config import (
     DistillModelArguments,
     FinetuneModelArguments,
 )
-from ckadistill.quickstart import QuickstartArguments, default_cache_dir, minilm_path, train_teacher
+from ckadistill.packaged import minilm_path
+from ckadistill.quickstart import QuickstartArguments, default_cache_dir, train_teacher
 from ckadistill.tasks.classification import run_distill, run_finetune
 
 logger = logging.getLogger("ablation_bbc")

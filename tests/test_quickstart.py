@@ -131,7 +131,7 @@ def test_teacher_fine_tune_settings_are_recorded(smoke):
 
 
 def test_the_hub_minilm_id_resolves_to_the_packaged_copy(tmp_path, monkeypatch):
-    from ckadistill.quickstart import MINILM_HUB_ID, minilm_path, packaged_model_path
+    from ckadistill.packaged import MINILM_HUB_ID, minilm_path, packaged_model_path
 
     assert packaged_model_path(MINILM_HUB_ID) == minilm_path()
     assert (

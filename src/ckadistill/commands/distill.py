@@ -2,7 +2,8 @@
 
 `--task classification` (the default) distils a sequence classifier; `--task summarization` or
 `translation` an encoder-decoder (BART, mBART, T5, Marian, bert2bert), matching encoder and decoder
-hidden states and scoring generated text. The YAML file supplies values, flags override them; see
+hidden states and scoring generated text; `--task general` a masked LM or a bare (sentence) encoder on
+raw text, before any task. The YAML file supplies values, flags override them; see
 `configs/classification_cka.yaml`, `configs/summarization_cka.yaml` and `ckadistill distill --help`.
 """
 
@@ -34,7 +35,8 @@ def parse(argv: list[str]) -> tuple:
         argv,
         prog="ckadistill distill",
         description="Distil a fine-tuned teacher into a smaller student (CKA by default): a classifier "
-        "(--task classification), or an encoder-decoder (--task summarization or translation).",
+        "(--task classification), an encoder-decoder (--task summarization or translation), or a pretrained "
+        "masked LM or sentence encoder on raw text (--task general).",
     )
 
 
@@ -46,6 +48,10 @@ def main(argv: list[str]) -> int:
             from ckadistill.tasks.seq2seq import run_distill
 
             metrics = run_distill(model_args, data_args, distill_args, training_args, generation_args)
+        elif data_args.task == "general":
+            from ckadistill.tasks.general import run_distill
+
+            metrics = run_distill(model_args, data_args, distill_args, training_args)
         else:
             from ckadistill.tasks.classification import run_distill
 

@@ -132,7 +132,7 @@ def run_finetune(
         Trainer,
     )
 
-    from ckadistill.quickstart import packaged_model_path
+    from ckadistill.packaged import packaged_model_path
 
     # Data and labels (from the data: the model's head is new).
     name = packaged_model_path(model_args.model_name_or_path)  # the hub's MiniLM: the packaged copy

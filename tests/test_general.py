@@ -1,0 +1,321 @@
+"""`--task general`: task-agnostic distillation of masked LMs and bare (sentence) encoders on raw text,
+with tiny BERT models; the corpus reader (streaming, packing); the sentence-transformers round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertModel
+
+from ckadistill.commands.distill import main
+from ckadistill.config import DataArguments, DistillArguments, TaskTrainingArguments
+from ckadistill.losses import kl_logits_loss
+from ckadistill.tasks.general_data import encode_corpus, load_corpus, pack_documents, special_token_frame
+from ckadistill.trainer import DistillationTrainer, model_kind
+from conftest import SENTENCES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_config(tokenizer, hidden: int = 32, layers: int = 2) -> BertConfig:
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
+
+
+def save(model, tokenizer, path: Path) -> Path:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_corpus(path: Path, lines: int = 40) -> Path:
+    path.write_text("\n".join(SENTENCES[i % len(SENTENCES)] for i in range(lines)) + "\n", encoding="utf-8")
+    return path
+
+
+def make_sentence_encoder(tokenizer, folder: Path, *, hidden: int = 32, pooling: str = "mean") -> Path:
+    """A tiny BertModel saved as a sentence-transformers folder (Transformer, Pooling, Normalize)."""
+    torch.manual_seed(0)
+    save(BertModel(tiny_config(tokenizer, hidden), add_pooling_layer=False), tokenizer, folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}), encoding="utf-8")
+    (folder / "1_Pooling").mkdir()
+    pooling_config = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config), encoding="utf-8")
+    return folder
+
+
+def run_cli(args: list[str]) -> None:
+    assert main(args) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The corpus: packing, truncation, streaming.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_pack_documents_frames_full_blocks_and_separates_documents():
+    blocks = pack_documents([[1, 2, 3], [4, 5], [], [6, 7, 8, 9]], 6, [100], [101], separator=0, min_tokens=1)
+    # stream 1 2 3 0 4 5 0 6 7 8 9 cut into bodies of 4 tokens, each framed by [100] ... [101]
+    assert blocks == [[100, 1, 2, 3, 0, 101], [100, 4, 5, 0, 6, 101], [100, 7, 8, 9, 101]]
+    # a short tail is dropped unless it is all there is
+    assert pack_documents([[1, 2, 3, 4, 5]], 6, [100], [101], separator=0, min_tokens=2) == [
+        [100, 1, 2, 3, 4, 101]
+    ]
+    assert pack_documents([[1]], 6, [100], [101], separator=0) == [[100, 1, 101]]
+    with pytest.raises(ValueError, match="--max_length 2 leaves no room"):
+        pack_documents([[1]], 2, [100], [101], separator=0)
+
+
+def test_special_token_frame_reads_the_tokenizers_template(tokenizer):
+    assert special_token_frame(tokenizer) == ([tokenizer.cls_token_id], [tokenizer.sep_token_id])
+
+
+def test_encode_corpus_one_example_per_document_or_packed_blocks(tmp_path, tokenizer):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join([*SENTENCES[:6], "", "   "]) + "\n", encoding="utf-8")
+    args = DataArguments(task="general", train_file=str(corpus), validation_split_fraction=0.0, max_length=16)
+    train, validation = load_corpus(args)
+    assert validation is None
+    plain = encode_corpus(train, tokenizer, args)
+    assert len(plain) == 6  # blank lines dropped
+    assert plain[0]["input_ids"] == tokenizer(SENTENCES[0])["input_ids"]
+    packed = encode_corpus(train, tokenizer, args, pack=True)
+    lengths = [len(ids) for ids in packed["input_ids"]]
+    assert all(n == 16 for n in lengths[:-1]) and lengths[-1] <= 16
+    words = sum(len(s.split()) for s in SENTENCES[:6])
+    content = sum(n - 2 for n in lengths)  # every block loses [CLS] and [SEP]
+    assert content == words + 5  # the words, plus a [SEP] between consecutive documents
+    assert all(
+        ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id for ids in packed["input_ids"]
+    )
+
+
+def test_streaming_reads_only_what_it_needs(tmp_path):
+    """A stream with a shuffle buffer smaller than the file yields rows without reading the file whole:
+    the file's last line is broken JSON, which a full read rejects. (The reader parses blocks of about
+    10 MB, so the file is made larger than one block: 24 MB.)"""
+    path = tmp_path / "corpus.jsonl"
+    rows = [
+        json.dumps({"text": f"document number {i} of a corpus larger than memory", "id": i})
+        for i in range(300_000)
+    ]
+    path.write_text("\n".join(rows) + '\n{"text": "broken\n', encoding="utf-8")
+    args = DataArguments(
+        task="general", train_file=str(path), streaming=True, shuffle_buffer=50, max_eval_samples=10
+    )
+    train, validation = load_corpus(args)
+    assert type(train).__name__ == "IterableDataset"
+    assert [row["id"] for row in validation] == list(range(10))  # the head of the stream, held out
+    first = [row["id"] for _, row in zip(range(30), train, strict=False)]
+    assert len(first) == 30 and min(first) >= 10  # no held-out row is trained on
+    assert first != sorted(first)  # shuffled through the buffer
+    assert max(first) < 1000  # drawn from the head of the 300,000 rows, through the small buffer
+    with pytest.raises(Exception):  # noqa: B017 - the datasets JSON reader's own error
+        load_corpus(DataArguments(task="general", train_file=str(path)))
+
+
+def test_corpus_errors_name_the_flag(tmp_path):
+    with pytest.raises(ValueError, match=r"unsupported file type '\.md' for --task general"):
+        load_corpus(DataArguments(task="general", train_file=str(tmp_path / "x.md")))
+    with pytest.raises(ValueError, match="--streaming reads raw text for --task general only"):
+        DataArguments(streaming=True)
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text("body\nsome text here\nmore text\n", encoding="utf-8")
+    train, _ = load_corpus(
+        DataArguments(task="general", train_file=str(csv_file), validation_split_fraction=0.0)
+    )
+    with pytest.raises(ValueError, match="--text_column 'text' is not a column of --train_file"):
+        encode_corpus(train, None, DataArguments(task="general"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loss terms of the two kinds.
+# ---------------------------------------------------------------------------------------------------
+
+
+def general_trainer(tmp_path, teacher, student, distill_args, **kwargs) -> DistillationTrainer:
+    return DistillationTrainer(
+        model=student,
+        args=TaskTrainingArguments(output_dir=str(tmp_path / "out"), eval_strategy="no", use_cpu=True),
+        teacher=teacher,
+        distill_args=distill_args,
+        layer_pairs=[(0, 0), (1, 2)],
+        **kwargs,
+    )
+
+
+def batch(tokenizer, texts=SENTENCES[:4]):
+    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+
+
+def test_masked_lm_kl_covers_every_real_token_of_unmasked_text(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(tiny_config(tokenizer)).eval()
+    student = BertForMaskedLM(tiny_config(tokenizer, hidden=16, layers=1)).eval()  # no dropout: comparable
+    assert model_kind(teacher) == "mlm"
+    trainer = general_trainer(tmp_path, teacher, student, DistillArguments(alpha_hidden=0.0))
+    inputs = batch(tokenizer)
+    loss = trainer.compute_loss(student, inputs)
+    with torch.no_grad():
+        expected = kl_logits_loss(
+            student(**inputs).logits,
+            teacher(**inputs).logits,
+            inputs["attention_mask"].bool(),
+            temperature=1.0,
+        )
+    torch.testing.assert_close(loss, expected)  # no CE on unmasked text: the task term is off
+
+
+def test_masked_lm_with_labels_adds_ce_at_the_masked_positions(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(tiny_config(tokenizer)).eval()
+    student = BertForMaskedLM(tiny_config(tokenizer, hidden=16, layers=1)).eval()
+    trainer = general_trainer(tmp_path, teacher, student, DistillArguments(alpha_hidden=0.0, alpha_kd=0.0))
+    inputs = batch(tokenizer)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, 1] = inputs["input_ids"][:, 1]  # one masked position per row
+    inputs["input_ids"] = inputs["input_ids"].clone()
+    inputs["input_ids"][:, 1] = tokenizer.mask_token_id
+    loss = trainer.compute_loss(student, {**inputs, "labels": labels})
+    with torch.no_grad():
+        logits = student(**inputs).logits[:, 1]
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels[:, 1]))
+
+
+def test_bare_encoder_pooled_term_cosine_at_equal_width_cka_otherwise(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    teacher = BertModel(tiny_config(tokenizer), add_pooling_layer=False).eval()
+    assert model_kind(teacher) == "encoder"
+    no_hidden = DistillArguments(hidden_loss="none", alpha_kd=0.0)
+    same = general_trainer(tmp_path, teacher, teacher, no_hidden)
+    assert same.pooled_loss == "cosine"
+    assert float(same.compute_loss(teacher, batch(tokenizer))) == pytest.approx(0.0, abs=1e-5)
+    narrow = BertModel(tiny_config(tokenizer, hidden=16, layers=1), add_pooling_layer=False)
+    trainer = general_trainer(tmp_path, teacher, narrow, no_hidden)
+    assert trainer.pooled_loss == "cka"
+    loss = trainer.compute_loss(narrow, batch(tokenizer))
+    assert 0.0 < loss.item() < 1.0
+    loss.backward()
+    assert narrow.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="--pooled_loss cosine needs equal widths"):
+        general_trainer(tmp_path, teacher, narrow, DistillArguments(pooled_loss="cosine"))
+    with pytest.raises(ValueError, match="no loss term applies to this encoder student"):
+        general_trainer(tmp_path, teacher, narrow, DistillArguments(hidden_loss="none", pooled_loss="none"))
+    with pytest.raises(
+        ValueError, match=r"the teacher is a BertModel \(encoder\) and the student a BertForMaskedLM"
+    ):
+        general_trainer(tmp_path, teacher, BertForMaskedLM(tiny_config(tokenizer)), no_hidden)
+
+
+# ---------------------------------------------------------------------------------------------------
+# End to end through the CLI.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_distill_general_masked_lm_end_to_end(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    teacher = save(BertForMaskedLM(tiny_config(tokenizer)), tokenizer, tmp_path / "teacher")
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "student"
+    common = ["--task", "general", "--teacher", str(teacher), "--train_file", str(corpus)]
+    common += [
+        "--student_layers",
+        "1",
+        "--student_hidden_size",
+        "16",
+        "--max_steps",
+        "3",
+        "--logging_steps",
+        "1",
+    ]
+    run_cli([*common, "--output_dir", str(out), "--pack_sequences", "true", "--max_length", "24"])
+    student = BertForMaskedLM.from_pretrained(out)
+    assert student.config.hidden_size == 16 and student.config.num_hidden_layers == 1
+    assert not list(out.glob("*projection*"))
+    results = json.loads((out / "all_results.json").read_text())
+    assert {"eval_loss", "eval_pooled_cka", "eval_similarity_spearman"} <= set(results)
+    logged = {
+        k for entry in json.loads((out / "trainer_state.json").read_text())["log_history"] for k in entry
+    }
+    assert {"loss/kd", "loss/hidden", "cka/enc_1_2"} <= logged and "loss/task" not in logged
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: fill-mask" in card and "every real token (unmasked text)" in card
+    masked = tmp_path / "masked"
+    run_cli([*common, "--output_dir", str(masked), "--mlm_probability", "0.3", "--alpha_task", "0.5"])
+    logged = {
+        k for entry in json.loads((masked / "trainer_state.json").read_text())["log_history"] for k in entry
+    }
+    assert {"loss/task", "loss/kd"} <= logged
+    assert "30% masked positions" in (masked / "README.md").read_text()
+
+
+def test_distill_general_sentence_encoder_round_trip(tmp_path, tokenizer):
+    from sentence_transformers import SentenceTransformer
+
+    teacher = make_sentence_encoder(tokenizer, tmp_path / "teacher")
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "student"
+    run_cli(
+        [
+            "--task", "general", "--teacher", str(teacher), "--train_file", str(corpus), "--output_dir", str(out),
+            "--student_layers", "1", "--student_hidden_size", "16", "--student_init", "pca",
+            "--max_steps", "3", "--report_to", "none",
+        ]
+    )  # fmt: skip
+    model = SentenceTransformer(str(out), device="cpu")
+    vectors = model.encode(SENTENCES[:3], convert_to_tensor=True)
+    assert vectors.shape == (3, 16)
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(3))  # the teacher's Normalize module kept
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"] == 16
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: sentence-similarity" in card and "SentenceTransformer(" in card
+    assert "sentence vectors" in card
+    results = json.loads((out / "all_results.json").read_text())
+    assert -1.0 <= results["eval_similarity_spearman"] <= 1.0 and 0.0 <= results["eval_pooled_cka"] <= 1.0
+
+
+def test_distill_general_refuses_what_it_cannot_do(tmp_path, tokenizer, capsys):
+    from transformers import BertForSequenceClassification
+
+    classifier = save(
+        BertForSequenceClassification(tiny_config(tokenizer)), tokenizer, tmp_path / "classifier"
+    )
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    base = [
+        "--task",
+        "general",
+        "--train_file",
+        str(corpus),
+        "--student_layers",
+        "1",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    assert main([*base, "--teacher", str(classifier)]) == 2
+    assert "use --task classification for it" in capsys.readouterr().err
+    encoder = make_sentence_encoder(tokenizer, tmp_path / "encoder")
+    assert main([*base, "--teacher", str(encoder), "--streaming", "true"]) == 2
+    assert "--streaming corpora have no length, so the run needs --max_steps" in capsys.readouterr().err
+    assert main([*base, "--teacher", str(encoder), "--mlm_probability", "0.15"]) == 2
+    assert "this teacher has no MLM head: set --mlm_probability 0" in capsys.readouterr().err
