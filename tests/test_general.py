@@ -319,3 +319,39 @@ def test_distill_general_refuses_what_it_cannot_do(tmp_path, tokenizer, capsys):
     assert "--streaming corpora have no length, so the run needs --max_steps" in capsys.readouterr().err
     assert main([*base, "--teacher", str(encoder), "--mlm_probability", "0.15"]) == 2
     assert "this teacher has no MLM head: set --mlm_probability 0" in capsys.readouterr().err
+
+
+def test_a_general_student_starts_task_distillation_and_keeps_its_provenance(tmp_path, tokenizer):
+    from transformers import AutoConfig
+
+    from test_distill_cli import TOPICS, tiny_bert, topic_rows, write_csv
+
+    encoder = make_sentence_encoder(tokenizer, tmp_path / "encoder")
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    general = tmp_path / "general"
+    run_cli(
+        [
+            "--task", "general", "--teacher", str(encoder), "--train_file", str(corpus), "--output_dir", str(general),
+            "--student_layers", "1", "--student_hidden_size", "16", "--max_steps", "2",
+        ]
+    )  # fmt: skip
+    classifier = save(tiny_bert(tokenizer, labels=sorted(set(TOPICS))), tokenizer, tmp_path / "classifier")
+    data = write_csv(tmp_path / "train.csv", ["text", "label"], topic_rows())
+    task = tmp_path / "task"
+    run_cli(
+        [
+            "--teacher", str(classifier), "--student", str(general), "--train_file", str(data),
+            "--output_dir", str(task), "--max_steps", "2", "--eval_strategy", "no", "--max_length", "24",
+        ]
+    )  # fmt: skip
+    provenance = AutoConfig.from_pretrained(task).ckadistill
+    assert provenance["stage"] == "task" and provenance["started_from"] == str(general)
+    earlier = provenance["earlier_stage"]
+    assert (
+        earlier["stage"] == "general"
+        and earlier["teacher"] == str(encoder)
+        and earlier["corpus"] == str(corpus)
+    )
+    assert earlier["init"] == "slice"  # make-student's own record survives both stages
+    card = (task / "README.md").read_text()
+    assert '"earlier_stage"' in card and '"stage": "general"' in card

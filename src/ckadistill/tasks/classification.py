@@ -217,6 +217,13 @@ def _load_student(
         student = AutoModelForSequenceClassification.from_pretrained(
             model_args.student, **labels.model_config_kwargs(), ignore_mismatched_sizes=True
         )
+        # A student from an earlier stage (`--task general`) keeps that stage's provenance, nested.
+        earlier = getattr(student.config, "ckadistill", None)
+        student.config.ckadistill = {
+            "stage": "task",
+            "started_from": model_args.student,
+            **({"earlier_stage": earlier} if earlier else {}),
+        }
         student_dir = Path(model_args.student)
         has_tokenizer = (student_dir / "tokenizer.json").is_file() or (
             student_dir / "tokenizer_config.json"

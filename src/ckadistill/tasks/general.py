@@ -328,6 +328,17 @@ def run_distill(
             ]
             metrics.update({f"eval_{k}": v for k, v in embedding_agreement(*vectors).items()})
 
+    corpus = data_args.train_file or data_args.dataset_name
+    provenance = dict(getattr(trainer.model.config, "ckadistill", None) or {})
+    if model_args.student is not None:  # a further general stage of an earlier student
+        provenance = {"started_from": model_args.student, "earlier_stage": provenance}
+    trainer.model.config.ckadistill = {
+        **provenance,
+        "stage": "general",
+        "teacher": model_args.teacher,
+        "corpus": corpus,
+    }
+
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
@@ -347,7 +358,6 @@ def run_distill(
         layer_map = {"spec": distill_args.layer_map, "encoder": format_layer_map(pairs), "pairs": pairs}
         (output_dir / LAYER_MAP_FILE).write_text(json.dumps(layer_map, indent=2) + "\n", encoding="utf-8")
         compression = count_parameters(teacher) / count_parameters(trainer.model)
-        corpus = data_args.train_file or data_args.dataset_name
         if is_sentence_model:
             tag, usage = (
                 "sentence-similarity",
