@@ -355,3 +355,115 @@ def test_a_general_student_starts_task_distillation_and_keeps_its_provenance(tmp
     assert earlier["init"] == "slice"  # make-student's own record survives both stages
     card = (task / "README.md").read_text()
     assert '"earlier_stage"' in card and '"stage": "general"' in card
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder-decoders: reconstruction, text infilling, span corruption.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_noise_span_mask_has_the_asked_density_and_alternates():
+    import random
+
+    from ckadistill.tasks.general_data import noise_span_mask
+
+    rng = random.Random(0)
+    for length in (2, 5, 20, 100):
+        mask = noise_span_mask(length, 0.15, 3.0, rng)
+        assert len(mask) == length and not mask[0]  # starts with a kept span
+        assert sum(mask) == min(max(1, round(length * 0.15)), length - 1)
+        starts = sum(1 for i, m in enumerate(mask) if m and not mask[i - 1])
+        assert starts == max(1, min(round(sum(mask) / 3.0), sum(mask), length - sum(mask)))
+    assert noise_span_mask(1, 0.5, 3.0, rng) == [False]
+
+
+def test_span_corruption_and_infilling_keep_every_token_recoverable():
+    from ckadistill.tasks.general_data import span_corruption, text_infilling
+
+    ids = [10, 11, 12, 13, 14, 15, 16]
+    mask = [False, True, True, False, False, True, False]
+    inputs, targets = span_corruption(ids, [90, 91, 92], mask)
+    assert inputs == [10, 90, 13, 14, 91, 16]
+    assert targets == [90, 11, 12, 91, 15]
+    assert text_infilling(ids, 99, mask) == [10, 99, 13, 14, 99, 16]
+    with pytest.raises(ValueError, match="more than the tokenizer's 1 sentinel tokens"):
+        span_corruption(ids, [90], mask)
+
+
+def t5_tokenizer(sentinels: int = 8):
+    from test_seq2seq_cli import seq2seq_tokenizer
+
+    tokenizer = seq2seq_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [f"<extra_id_{i}>" for i in range(sentinels)]})
+    return tokenizer
+
+
+def test_denoising_collator_frames_and_pads_each_objective():
+    from ckadistill.tasks.general_data import DenoisingCollator
+
+    tokenizer = t5_tokenizer()
+    features = [dict(tokenizer(text)) for text in SENTENCES[:3]]
+    eos = tokenizer.eos_token_id
+    plain = DenoisingCollator(tokenizer, "reconstruction")(features)
+    assert torch.equal(plain["input_ids"].masked_fill(plain["attention_mask"] == 0, -100), plain["labels"])
+    corrupted = DenoisingCollator(tokenizer, "span_corruption", density=0.3, seed=1)(features)
+    sentinels = set(tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(8)]))
+    for row, labels, feature in zip(corrupted["input_ids"], corrupted["labels"], features, strict=True):
+        source = [t for t in row.tolist() if t != tokenizer.pad_token_id]
+        target = [t for t in labels.tolist() if t != -100]
+        assert source[-1] == eos and target[-1] == eos  # the tokenizer's frame survives
+        assert target[0] in sentinels and set(source) & sentinels
+        # put the spans back where their sentinels are: the original text
+        spans, current = {}, None
+        for t in target[:-1]:
+            if t in sentinels:
+                current = spans.setdefault(t, [])
+            else:
+                current.append(t)
+        rebuilt = [t for s in source for t in (spans[s] if s in sentinels else [s])]
+        assert rebuilt == feature["input_ids"]
+    infilled = DenoisingCollator(tokenizer, "infilling", density=0.3)(features)
+    assert torch.equal(infilled["labels"], plain["labels"])  # the clean text is the target
+    assert (infilled["input_ids"] == tokenizer.mask_token_id).any(dim=1).all()
+    assert (
+        infilled["attention_mask"].sum(1) < plain["attention_mask"].sum(1)
+    ).all()  # spans became one token
+    with pytest.raises(ValueError, match="sentinel tokens"):
+        from test_seq2seq_cli import seq2seq_tokenizer
+
+        DenoisingCollator(seq2seq_tokenizer(), "span_corruption")
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_distill_general_encoder_decoder_end_to_end(tmp_path, family):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from test_seq2seq_cli import tiny_bart
+    from test_trainer_seq2seq import t5
+
+    tokenizer = t5_tokenizer()
+    torch.manual_seed(0)
+    model = tiny_bart() if family == "bart" else t5(32, 4, vocab=len(tokenizer))
+    if family == "bart":
+        model.resize_token_embeddings(len(tokenizer))
+    teacher = save(model, tokenizer, tmp_path / "teacher")
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "student"
+    run_cli(
+        [
+            "--task", "general", "--teacher", str(teacher), "--train_file", str(corpus), "--output_dir", str(out),
+            "--student_encoder_layers", "2", "--student_decoder_layers", "2", "--student_hidden_size", "16",
+            "--max_steps", "3", "--logging_steps", "1",
+        ]
+    )  # fmt: skip
+    student = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert student.config.d_model == 16
+    logged = {
+        k for entry in json.loads((out / "trainer_state.json").read_text())["log_history"] for k in entry
+    }
+    assert {"loss/task", "loss/kd", "loss/hidden", "cka/enc_1_2", "cka/dec_1_2"} <= logged
+    assert "eval_loss" in json.loads((out / "all_results.json").read_text())
+    card = (out / "README.md").read_text()
+    objective = "span_corruption" if family == "t5" else "reconstruction"
+    assert f"on {objective}" in card and "pipeline_tag: text2text-generation" in card
+    assert json.loads((out / "layer_map.json").read_text())["decoder"] == "0:0,1:2,2:4"

@@ -385,6 +385,21 @@ class DistillArguments:
             "real token (the paper); > 0 = mask this fraction of tokens as BERT does, CE and KL at those only."
         },
     )
+    seq2seq_objective: Literal["auto", "reconstruction", "infilling", "span_corruption"] = field(
+        default="auto",
+        metadata={
+            "help": "Task-agnostic distillation of an encoder-decoder: 'reconstruction' (the clean text is source "
+            "and target; the paper), 'infilling' (BART: spans of the source become one mask token each), "
+            "'span_corruption' (T5: spans become sentinels, the target lists them); 'auto' = span_corruption "
+            "for T5, reconstruction otherwise."
+        },
+    )
+    noise_density: float = field(
+        default=0.15, metadata={"help": "Fraction of tokens corrupted by infilling or span_corruption."}
+    )
+    mean_noise_span: float = field(
+        default=3.0, metadata={"help": "Mean length, in tokens, of a corrupted span."}
+    )
     cka_sqrt: bool = field(
         default=False,
         metadata={
@@ -421,6 +436,15 @@ class DistillArguments:
             raise ValueError(
                 f"--mlm_probability must be in [0, 1) (0 = no masking), got {self.mlm_probability}"
             )
+        if self.seq2seq_objective not in ("auto", "reconstruction", "infilling", "span_corruption"):
+            raise ValueError(
+                "--seq2seq_objective must be auto, reconstruction, infilling or span_corruption, got "
+                f"{self.seq2seq_objective!r}"
+            )
+        if not 0.0 < self.noise_density < 1.0:
+            raise ValueError(f"--noise_density must be in (0, 1), got {self.noise_density}")
+        if not self.mean_noise_span >= 1.0:
+            raise ValueError(f"--mean_noise_span must be >= 1 token, got {self.mean_noise_span}")
         if not self.cache_teacher_max_gb > 0:
             raise ValueError(f"--cache_teacher_max_gb must be > 0, got {self.cache_teacher_max_gb}")
         if self.hidden_loss not in HIDDEN_LOSSES:

@@ -7,7 +7,10 @@ The paper's first stage. What the student learns from depends on what the teache
   text (`--mlm_probability 0`, the paper), or CE + KL at BERT-style masked positions, plus CKA on the
   embeddings and every mapped layer;
 - a bare encoder (`BertModel`; sentence encoders such as all-MiniLM-L6-v2): CKA on the mapped layers
-  plus a loss on the pooled sentence vectors (`--pooled_loss`).
+  plus a loss on the pooled sentence vectors (`--pooled_loss`);
+- an encoder-decoder LM (BART, mBART, Marian, T5, bert2bert): token KL (and CE) on a denoising target
+  (`--seq2seq_objective`: the clean text reconstructed, as the paper does; BART's text infilling; T5's
+  span corruption) plus CKA on the mapped layers of both stacks.
 
 When the teacher folder is a sentence-transformers model (`modules.json`), the student folder is one
 too: the teacher's pooling (resized to the student's width) and normalisation are written beside it,
@@ -181,12 +184,11 @@ def _load_models(model_args: DistillModelArguments, data_args: DataArguments, tr
 
     teacher = load_teacher(model_args.teacher)
     kind = model_kind(teacher)
-    if kind not in ("mlm", "encoder"):
-        other = "--task summarization or translation" if kind == "seq2seq" else "--task classification"
+    if kind == "classifier":
         raise ValueError(
-            f"--task general distils masked LMs and bare encoders, but {model_args.teacher} is a "
-            f"{type(teacher).__name__} ({kind}): use {other} for it, or pass the pretrained checkpoint it "
-            "was fine-tuned from"
+            f"--task general distils masked LMs, bare encoders and encoder-decoder LMs, but {model_args.teacher} "
+            f"is a {type(teacher).__name__}: use --task classification for it, or pass the pretrained "
+            "checkpoint it was fine-tuned from"
         )
     if model_args.student is not None:
         student = type(teacher).from_pretrained(model_args.student)
@@ -200,6 +202,8 @@ def _load_models(model_args: DistillModelArguments, data_args: DataArguments, tr
         teacher,
         hidden_size=model_args.student_hidden_size,
         num_layers=model_args.student_layers,
+        encoder_layers=model_args.student_encoder_layers,
+        decoder_layers=model_args.student_decoder_layers,
         ffn_size=model_args.student_ffn_size,
         num_heads=model_args.student_heads,
         init=model_args.student_init,
@@ -210,9 +214,28 @@ def _load_models(model_args: DistillModelArguments, data_args: DataArguments, tr
     return teacher, student
 
 
-def _collator(kind: str, tokenizer, distill_args: DistillArguments):
+def seq2seq_objective(teacher, distill_args: DistillArguments) -> str:
+    """The denoising objective of an encoder-decoder teacher: the flag's, or T5's own for T5."""
+    if distill_args.seq2seq_objective != "auto":
+        return distill_args.seq2seq_objective
+    return "span_corruption" if teacher.config.model_type == "t5" else "reconstruction"
+
+
+def _collator(
+    kind: str, tokenizer, distill_args: DistillArguments, objective: str | None = None, seed: int = 0
+):
     from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
 
+    from ckadistill.tasks.general_data import DenoisingCollator
+
+    if kind == "seq2seq":
+        return DenoisingCollator(
+            tokenizer,
+            objective,
+            density=distill_args.noise_density,
+            mean_span=distill_args.mean_noise_span,
+            seed=seed,
+        )
     if distill_args.mlm_probability > 0:
         if kind != "mlm":
             raise ValueError(
@@ -225,10 +248,15 @@ def _collator(kind: str, tokenizer, distill_args: DistillArguments):
     return DataCollatorWithPadding(tokenizer)
 
 
-def _distillation_summary(kind: str, distill_args: DistillArguments, pairs, pooling: str) -> dict[str, Any]:
+def _distillation_summary(
+    kind: str, distill_args: DistillArguments, layer_map, pooling: str, objective: str | None
+) -> dict[str, Any]:
     from ckadistill.layer_maps import format_layer_map
 
-    if kind == "mlm":
+    if kind == "seq2seq":
+        terms = [f"{distill_args.alpha_task}·CE", f"{distill_args.alpha_kd}·KL(T={distill_args.temperature})"]
+        terms = [f"({' + '.join(terms)}) on {objective}"]
+    elif kind == "mlm":
         where = (
             f"{distill_args.mlm_probability:.0%} masked positions"
             if distill_args.mlm_probability > 0
@@ -245,12 +273,57 @@ def _distillation_summary(kind: str, distill_args: DistillArguments, pairs, pool
         terms.append(
             f"{distill_args.alpha_hidden}·{distill_args.hidden_reduction}_pairs {distill_args.hidden_loss}"
         )
-    return {
+    summary = {
         "stage": "task-agnostic (general) distillation",
         "loss": " + ".join(terms),
-        "layer map (student:teacher)": f"{distill_args.layer_map} -> {format_layer_map(list(pairs))}",
-        "pair reduction": distill_args.hidden_reduction,
+        "layer map (student:teacher)": f"{distill_args.layer_map} -> {format_layer_map(list(layer_map.encoder))}",
     }
+    if layer_map.decoder:
+        summary["decoder layer map"] = (
+            f"{distill_args.decoder_layer_map} -> {format_layer_map(list(layer_map.decoder))}"
+        )
+    summary["pair reduction"] = distill_args.hidden_reduction
+    return summary
+
+
+def _card_usage(kind: str, is_sentence_model: bool, mask_token: str | None) -> tuple[str, list[str]]:
+    """The model card's pipeline tag and its lines of usage code."""
+    folder = '"path/to/this/folder"'
+    if is_sentence_model:
+        tag, lines = (
+            "sentence-similarity",
+            [
+                "from sentence_transformers import SentenceTransformer",
+                "",
+                f"model = SentenceTransformer({folder})",
+                'embeddings = model.encode(["a first sentence", "a second one"])',
+            ],
+        )
+    elif kind == "mlm":
+        tag, lines = (
+            "fill-mask",
+            [
+                "from transformers import pipeline",
+                "",
+                f'fill = pipeline("fill-mask", model={folder})',
+                f'print(fill("Paris is the {mask_token} of France."))',
+            ],
+        )
+    else:
+        auto = "AutoModelForSeq2SeqLM" if kind == "seq2seq" else "AutoModel"
+        tag = "text2text-generation" if kind == "seq2seq" else "feature-extraction"
+        lines = [
+            f"from transformers import {auto}, AutoTokenizer",
+            "",
+            f"model = {auto}.from_pretrained({folder})",
+            f"tokenizer = AutoTokenizer.from_pretrained({folder})",
+        ]
+    task = "summarization" if kind == "seq2seq" else "classification"
+    return tag, [
+        *lines,
+        "",
+        f"# for a task: ckadistill distill --task {task} --student path/to/this/folder ...",
+    ]
 
 
 def run_distill(
@@ -288,9 +361,17 @@ def run_distill(
     teacher, student = _load_models(model_args, data_args, train, tokenizer, training_args.seed)
     kind = model_kind(teacher)
     check_vocab_compatible(teacher.config, student.config, tokenizer, tokenizer_name=tokenizer_name)
-    pairs = list(layer_map_for(teacher.config, student.config, encoder=distill_args.layer_map).encoder)
+    layer_map = layer_map_for(
+        teacher.config, student.config, encoder=distill_args.layer_map, decoder=distill_args.decoder_layer_map
+    )
+    pairs, decoder_pairs = list(layer_map.encoder), list(layer_map.decoder)
     logger.info("Layer map (student:teacher): %s", format_layer_map(pairs))
     pooling = sentence_pooling(model_args.teacher)
+    objective = seq2seq_objective(teacher, distill_args) if kind == "seq2seq" else None
+    if (
+        kind == "seq2seq" and data_args.source_lang
+    ):  # mBART-style tokenizers frame text with its language code
+        tokenizer.src_lang = data_args.source_lang
 
     encoded = {"train": encode_corpus(train, tokenizer, data_args)}
     if validation is not None:
@@ -309,10 +390,11 @@ def run_distill(
         train_dataset=encoded["train"],
         eval_dataset=encoded.get("validation"),
         processing_class=tokenizer,
-        data_collator=_collator(kind, tokenizer, distill_args),
+        data_collator=_collator(kind, tokenizer, distill_args, objective, training_args.seed),
         teacher=teacher,
         distill_args=distill_args,
         layer_pairs=pairs,
+        decoder_layer_pairs=decoder_pairs,
         pooling=pooling,
         callbacks=list(callbacks),
     )
@@ -321,7 +403,7 @@ def run_distill(
     if "validation" in encoded:
         metrics.update(trainer.evaluate(encoded["validation"], metric_key_prefix="eval"))
         rows = list(itertools.islice(iter(encoded["validation"]), AGREEMENT_SAMPLES))
-        if len(rows) >= 3:
+        if len(rows) >= 3 and kind != "seq2seq":
             collator = _collator("encoder", tokenizer, DistillArguments())  # plain padding, no masking
             vectors = [
                 sentence_vectors(model, rows, collator, pooling=pooling) for model in (trainer.model, teacher)
@@ -355,49 +437,18 @@ def run_distill(
             training_args,
             header="ckadistill distill",
         )
-        layer_map = {"spec": distill_args.layer_map, "encoder": format_layer_map(pairs), "pairs": pairs}
-        (output_dir / LAYER_MAP_FILE).write_text(json.dumps(layer_map, indent=2) + "\n", encoding="utf-8")
+        written = {"spec": distill_args.layer_map, "encoder": format_layer_map(pairs), "pairs": pairs}
+        if decoder_pairs:
+            written.update(decoder=format_layer_map(decoder_pairs), decoder_pairs=decoder_pairs)
+        (output_dir / LAYER_MAP_FILE).write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
         compression = count_parameters(teacher) / count_parameters(trainer.model)
-        if is_sentence_model:
-            tag, usage = (
-                "sentence-similarity",
-                [
-                    "from sentence_transformers import SentenceTransformer",
-                    "",
-                    'model = SentenceTransformer("path/to/this/folder")',
-                    'embeddings = model.encode(["a first sentence", "a second one"])',
-                ],
-            )
-        elif kind == "mlm":
-            tag, usage = (
-                "fill-mask",
-                [
-                    "from transformers import pipeline",
-                    "",
-                    'fill = pipeline("fill-mask", model="path/to/this/folder")',
-                    f'print(fill("Paris is the {tokenizer.mask_token} of France."))',
-                ],
-            )
-        else:
-            tag, usage = (
-                "feature-extraction",
-                [
-                    "from transformers import AutoModel, AutoTokenizer",
-                    "",
-                    'model = AutoModel.from_pretrained("path/to/this/folder")',
-                    'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-                ],
-            )
-        usage += [
-            "",
-            "# for a task: ckadistill distill --task classification --student path/to/this/folder ...",
-        ]
+        tag, usage = _card_usage(kind, is_sentence_model, tokenizer.mask_token)
         write_model_card(
             output_dir,
             model=trainer.model,
             title=f"General-distilled student of {Path(model_args.teacher).name}",
             summary=(
-                f"A {compression:.1f}× smaller {'sentence encoder' if is_sentence_model else 'encoder'} distilled "
+                f"A {compression:.1f}× smaller {'sentence encoder' if is_sentence_model else 'model'} distilled "
                 f"from `{model_args.teacher}` on raw text ({corpus}) with ckadistill, before any task "
                 "(the first, task-agnostic stage)."
             ),
@@ -413,7 +464,7 @@ def run_distill(
             training=training_summary(training_args, trainer),
             teacher=teacher,
             teacher_name=model_args.teacher,
-            distillation=_distillation_summary(kind, distill_args, pairs, pooling),
+            distillation=_distillation_summary(kind, distill_args, layer_map, pooling, objective),
             pipeline_tag=tag,
             usage=usage,
         )

@@ -13,7 +13,9 @@ is given.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,3 +210,136 @@ def encode_corpus(
     if dataset.__class__.__name__ == "Dataset":
         kwargs.update(num_proc=data_args.preprocessing_num_workers, desc="Tokenising the corpus")
     return dataset.map(encode, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder-decoder objectives on raw text: reconstruction, text infilling (BART), span corruption (T5).
+# ---------------------------------------------------------------------------------------------------
+
+SEQ2SEQ_OBJECTIVES = ("reconstruction", "infilling", "span_corruption")
+
+
+def _random_partition(total: int, parts: int, rng: random.Random) -> list[int]:
+    """`parts` positive integers summing to `total` (a uniformly random composition)."""
+    cuts = sorted(rng.sample(range(1, total), parts - 1))
+    bounds = [0, *cuts, total]
+    return [b - a for a, b in itertools.pairwise(bounds)]
+
+
+def noise_span_mask(length: int, density: float, mean_span: float, rng: random.Random) -> list[bool]:
+    """Which of `length` tokens to corrupt: about `density · length` of them, in spans of about
+    `mean_span`, alternating with kept spans and starting with a kept one (T5's span layout). Texts of
+    fewer than 2 tokens are left whole."""
+    if length < 2:
+        return [False] * length
+    noise = min(max(1, round(length * density)), length - 1)
+    spans = max(1, min(round(noise / mean_span), noise, length - noise))
+    mask: list[bool] = []
+    for keep, drop in zip(
+        _random_partition(length - noise, spans, rng), _random_partition(noise, spans, rng), strict=True
+    ):
+        mask += [False] * keep + [True] * drop
+    return mask
+
+
+def span_corruption(ids: list[int], sentinels: list[int], mask: list[bool]) -> tuple[list[int], list[int]]:
+    """T5's objective: each corrupted span of `ids` becomes one sentinel in the input, and the target
+    lists each sentinel followed by the tokens it replaced."""
+    inputs: list[int] = []
+    targets: list[int] = []
+    span = -1
+    for i, (token, noisy) in enumerate(zip(ids, mask, strict=True)):
+        if not noisy:
+            inputs.append(token)
+            continue
+        if i == 0 or not mask[i - 1]:
+            span += 1
+            if span >= len(sentinels):
+                raise ValueError(f"the text needs more than the tokenizer's {len(sentinels)} sentinel tokens")
+            inputs.append(sentinels[span])
+            targets.append(sentinels[span])
+        targets.append(token)
+    return inputs, targets
+
+
+def text_infilling(ids: list[int], mask_id: int, mask: list[bool]) -> list[int]:
+    """BART's text infilling: each corrupted span of `ids` becomes a single mask token."""
+    out = []
+    for i, (token, noisy) in enumerate(zip(ids, mask, strict=True)):
+        if not noisy:
+            out.append(token)
+        elif i == 0 or not mask[i - 1]:  # the first token of a span
+            out.append(mask_id)
+    return out
+
+
+class DenoisingCollator:
+    """Batches for task-agnostic distillation of encoder-decoders, corrupted afresh at every batch.
+
+    Each feature holds a text's token ids with the tokenizer's special tokens. `reconstruction` (the
+    paper: the clean text is both source and target), `infilling` (BART: spans of the source replaced
+    by one mask token each, the clean text as target) or `span_corruption` (T5: spans of the source
+    replaced by sentinels, the target lists the spans). The special tokens the tokenizer puts around a
+    text (`prefix`, `suffix`) are kept out of the corruption and frame the source and the target.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        objective: str,
+        *,
+        density: float = 0.15,
+        mean_span: float = 3.0,
+        seed: int = 0,
+    ):
+        from transformers import DataCollatorForSeq2Seq
+
+        if objective not in SEQ2SEQ_OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(SEQ2SEQ_OBJECTIVES)}, got {objective!r}")
+        self.objective, self.density, self.mean_span = objective, density, mean_span
+        self.rng = random.Random(seed)
+        self.prefix, self.suffix = special_token_frame(tokenizer)
+        self.pad = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        self.mask_id = tokenizer.mask_token_id
+        self.sentinels: list[int] = []
+        if objective == "infilling" and self.mask_id is None:
+            raise ValueError(
+                f"--seq2seq_objective infilling replaces spans by a mask token, which {type(tokenizer).__name__} "
+                "lacks: use --seq2seq_objective reconstruction or span_corruption"
+            )
+        if objective == "span_corruption":
+            self.sentinels = sentinel_ids(tokenizer)
+
+    def __call__(self, features: list[dict]) -> dict:
+        rows = []
+        for feature in features:
+            ids = list(feature["input_ids"])
+            head, tail = len(self.prefix), len(ids) - len(self.suffix)
+            if ids[:head] != self.prefix or ids[tail:] != self.suffix:
+                head, tail = 0, len(ids)  # a truncated text lost its frame: corrupt all of it
+            frame_in, body, frame_out = ids[:head], ids[head:tail], ids[tail:]
+            if self.objective == "reconstruction":
+                source, target = ids, ids
+            else:
+                mask = noise_span_mask(len(body), self.density, self.mean_span, self.rng)
+                if self.objective == "infilling":
+                    source, target = frame_in + text_infilling(body, self.mask_id, mask) + frame_out, ids
+                else:
+                    corrupted, spans = span_corruption(body, self.sentinels, mask)
+                    source, target = frame_in + corrupted + frame_out, frame_in + spans + frame_out
+            rows.append({"input_ids": source, "labels": target})
+        return self.pad(rows)
+
+
+def sentinel_ids(tokenizer) -> list[int]:
+    """The ids of T5's sentinel tokens `<extra_id_0>`, `<extra_id_1>`, ... that the tokenizer knows."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    while f"<extra_id_{len(ids)}>" in vocab:
+        ids.append(vocab[f"<extra_id_{len(ids)}>"])
+    if not ids:
+        raise ValueError(
+            f"--seq2seq_objective span_corruption needs T5's sentinel tokens (<extra_id_0>, ...), which "
+            f"{type(tokenizer).__name__} lacks: use --seq2seq_objective reconstruction"
+        )
+    return ids
