@@ -123,6 +123,21 @@ class DataArguments:
             "where the model family expects that (mBART-50)."
         },
     )
+    augment: int = field(
+        default=0,
+        metadata={
+            "help": "Distillation from little data (--task classification): add N perturbed copies of every "
+            "training text (tokens masked, replaced by corpus tokens, or a span deleted), without gold "
+            "labels, so only the teacher supervises them; pairs well with --cache_teacher."
+        },
+    )
+    augment_rate: float = field(
+        default=0.15, metadata={"help": "Fraction of a text's tokens one perturbation touches (--augment)."}
+    )
+    augment_ops: str = field(
+        default="mask,replace,delete",
+        metadata={"help": "Perturbations --augment draws from, comma-separated: mask, replace, delete."},
+    )
     streaming: bool = field(
         default=False,
         metadata={
@@ -171,6 +186,18 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
+        if self.augment < 0:
+            raise ValueError(f"--augment must be >= 0 copies per text, got {self.augment}")
+        if self.augment and self.task != "classification":
+            raise ValueError("--augment perturbs classification texts; drop it for --task " + self.task)
+        if not 0.0 < self.augment_rate < 1.0:
+            raise ValueError(f"--augment_rate must be in (0, 1), got {self.augment_rate}")
+        ops = [op.strip() for op in self.augment_ops.split(",") if op.strip()]
+        unknown = sorted(set(ops) - {"mask", "replace", "delete"})
+        if not ops or unknown:
+            raise ValueError(
+                f"--augment_ops must list some of mask, replace, delete (comma-separated), got {self.augment_ops!r}"
+            )
         if self.shuffle_buffer < 1:
             raise ValueError(f"--shuffle_buffer must be >= 1 row, got {self.shuffle_buffer}")
         if self.streaming and self.task != "general":

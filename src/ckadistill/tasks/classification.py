@@ -67,6 +67,7 @@ def _data_summary(data_args: DataArguments, encoded) -> dict[str, Any]:
         "label column": data_args.label_column,
         "rows": ", ".join(f"{split} {len(ds):,}" for split, ds in encoded.items()),
         "labelled fraction of train": data_args.labelled_fraction,
+        "unlabelled perturbed copies per training text": data_args.augment or None,
         "max length": data_args.max_length,
     }
 
@@ -308,6 +309,17 @@ def run_distill(
     logger.info("Layer map (student:teacher): %s", format_layer_map(pairs))
 
     encoded = encode_splits(raw, data_args, tokenizer, labels, unlabelled="keep")
+    if data_args.augment:
+        from ckadistill.augment import augment_dataset
+
+        encoded["train"] = augment_dataset(
+            encoded["train"],
+            data_args.augment,
+            tokenizer,
+            rate=data_args.augment_rate,
+            ops=[op.strip() for op in data_args.augment_ops.split(",") if op.strip()],
+            seed=data_args.split_seed,
+        )
     check_eval_setup(encoded, training_args)
     collator = DataCollatorWithPadding(tokenizer)
 
