@@ -467,3 +467,51 @@ def test_distill_general_encoder_decoder_end_to_end(tmp_path, family):
     objective = "span_corruption" if family == "t5" else "reconstruction"
     assert f"on {objective}" in card and "pipeline_tag: text2text-generation" in card
     assert json.loads((out / "layer_map.json").read_text())["decoder"] == "0:0,1:2,2:4"
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_bare_encoder_teacher_can_be_cached(tmp_path, tokenizer, pooling):
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    from ckadistill.teacher_cache import EXAMPLE_ID
+
+    def quiet(hidden, layers, seed):
+        torch.manual_seed(seed)
+        config = tiny_config(tokenizer, hidden, layers)
+        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+        return BertModel(config, add_pooling_layer=False)
+
+    rows = tokenizer(list(SENTENCES))
+    data = Dataset.from_dict({"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"]})
+
+    def trainer(cache: bool) -> DistillationTrainer:
+        return DistillationTrainer(
+            model=quiet(16, 1, 1),
+            args=TaskTrainingArguments(output_dir=str(tmp_path), eval_strategy="no", use_cpu=True),
+            train_dataset=data,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            teacher=quiet(32, 2, 0),
+            distill_args=DistillArguments(cache_teacher=cache, layer_map="0:0"),
+            layer_pairs=[(0, 0)],
+            pooling=pooling,
+        )
+
+    cached, live = trainer(True), trainer(False)
+    assert cached.teacher_cache.layers == (
+        0,
+        2,
+    )  # the mapped layer, and the last one for the sentence vectors
+    batch = DataCollatorWithPadding(tokenizer)([cached.train_dataset[i] for i in (6, 1, 3, 0)])
+    cached.model.train()
+    live.model.train()
+    loss = cached.compute_loss(cached.model, dict(batch))
+    expected = live.compute_loss(live.model, {k: v for k, v in batch.items() if k != EXAMPLE_ID})
+    torch.testing.assert_close(loss, expected, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="--cache_teacher would hold a masked LM's logits"):
+        general_trainer(
+            tmp_path,
+            BertForMaskedLM(tiny_config(tokenizer)),
+            BertForMaskedLM(tiny_config(tokenizer)),
+            DistillArguments(cache_teacher=True),
+        )

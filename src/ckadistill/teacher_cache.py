@@ -65,7 +65,8 @@ class TeacherCache:
         """Run the teacher once over `dataset` (in order; rows must carry `EXAMPLE_ID` = row index).
 
         Args:
-            teacher: a sequence-classification model, already in eval mode.
+            teacher: a sequence-classification model, or a bare encoder (no logits: `logits` then
+                returns `(B, 0)`), already in eval mode.
             dataset: tokenised rows (`input_ids`, `attention_mask`, ...).
             collator: pads a list of rows into a batch.
             layers: indices into the teacher's `hidden_states` to keep (0 = embeddings).
@@ -84,7 +85,8 @@ class TeacherCache:
                 mask = torch.ones_like(batch["input_ids"])
             keep = mask.bool()  # (B, T)
             lengths.append(keep.sum(dim=1).cpu())
-            logits.append(out.logits.float().cpu())
+            found = getattr(out, "logits", None)
+            logits.append(found.float().cpu() if found is not None else torch.zeros(len(keep), 0))
             for i in layers:
                 states[i].append(out.hidden_states[i][keep].to(STORAGE_DTYPE).cpu())  # (n_batch, d_t)
         lengths_all = torch.cat(lengths)
@@ -110,6 +112,18 @@ class TeacherCache:
         starts, ends = self._offsets[example_ids.cpu()], self._offsets[example_ids.cpu() + 1]
         parts = [self._states[layer][s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
         return torch.cat(parts).float()  # (n, d_t)
+
+    def pooled(self, layer: int, example_ids: Tensor, pooling: str = "mean") -> Tensor:
+        """`(B, d_t)` fp32 sentence vectors of the given rows from a cached layer: the mean of each
+        row's real tokens, or its first token (`pooling="cls"`)."""
+        ids = example_ids.cpu()
+        starts, ends = self._offsets[ids], self._offsets[ids + 1]
+        states = self._states[layer]
+        if pooling == "cls":
+            return states[starts].float()
+        return torch.stack(
+            [states[s:e].float().mean(dim=0) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        )
 
     def num_tokens(self, example_ids: Tensor) -> int:
         ids = example_ids.cpu()

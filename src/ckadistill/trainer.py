@@ -248,10 +248,10 @@ class DistillationTrainer(Seq2SeqTrainer):
                     f"{output_vocab_size(student)}: KL on token logits needs the same vocabulary, so build "
                     "the student from the teacher"
                 )
-            if distill_args.cache_teacher:
+            if distill_args.cache_teacher and self.kind == "mlm":
                 raise ValueError(
-                    "--cache_teacher is supported for classifiers only (task-agnostic distillation sees "
-                    "each text about once): drop --cache_teacher"
+                    "--cache_teacher would hold a masked LM's logits for every token (vocabulary × tokens): "
+                    "drop --cache_teacher (bare encoders and classifiers can cache)"
                 )
             return
         if not self.is_seq2seq:
@@ -292,14 +292,17 @@ class DistillationTrainer(Seq2SeqTrainer):
             dataset = self.train_dataset = dataset.add_column(EXAMPLE_ID, list(range(len(dataset))))
         if dataset[EXAMPLE_ID] != list(range(len(dataset))):
             raise ValueError(f"column {EXAMPLE_ID!r} must number the training rows 0..N-1 in order")
-        layers = sorted({t for _, t in self.layer_pairs})
+        layers = {t for _, t in self.layer_pairs}
+        if self.pooled_loss is not None:  # a bare encoder's sentence vectors come from its last layer
+            layers.add(self.teacher.config.num_hidden_layers)
+        layers = sorted(layers)
         num_tokens = sum(len(ids) for ids in dataset["input_ids"])
         need = TeacherCache.estimate_bytes(
             num_tokens,
             len(dataset),
             self.teacher.config.hidden_size,
             len(layers),
-            self.teacher.config.num_labels,
+            self.teacher.config.num_labels if self.kind == "classifier" else 0,
         )
         limit = self.distill_args.cache_teacher_max_gb * 2**30
         if need > limit:
@@ -366,7 +369,15 @@ class DistillationTrainer(Seq2SeqTrainer):
         elif self.kind == "classifier":
             terms = self._class_level_terms(logits, teacher_logits, labels)
         else:
-            terms = self._pooled_terms(outputs, teacher_out, inputs.get("attention_mask"))
+            mask = inputs.get("attention_mask")
+            if self.pooled_loss is None:
+                teacher_pooled = None
+            elif cached:
+                last = self.teacher.config.num_hidden_layers
+                teacher_pooled = self.teacher_cache.pooled(last, example_ids, self.pooling)
+            else:
+                teacher_pooled = self._pool(teacher_out.last_hidden_state, mask)
+            terms = self._pooled_terms(outputs, teacher_pooled, mask)
         weights = {"task": args.alpha_task, "kd": args.alpha_kd, "pooled": args.alpha_pooled}
         weighted: dict[str, tuple[float, Tensor]] = {
             name: (weights[name], term) for name, term in terms.items()
@@ -411,12 +422,12 @@ class DistillationTrainer(Seq2SeqTrainer):
         mask = inputs.get("attention_mask")
         return ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
 
-    def _pooled_terms(self, outputs, teacher_out, mask: Tensor | None) -> dict[str, Tensor]:
-        """The `pooled` term of a bare encoder: its sentence vectors against the teacher's."""
-        if self.pooled_loss is None:
+    def _pooled_terms(self, outputs, teacher_pooled: Tensor | None, mask: Tensor | None) -> dict[str, Tensor]:
+        """The `pooled` term of a bare encoder: its sentence vectors against the teacher's `(B, d_t)`."""
+        if teacher_pooled is None:
             return {}
         x = self._pool(outputs.last_hidden_state, mask)  # (B, d_s)
-        y = self._pool(teacher_out.last_hidden_state, mask).to(x.device)  # (B, d_t)
+        y = teacher_pooled.to(x.device)
         if self.pooled_loss == "cosine":
             return {"pooled": cosine_hidden_loss(x, y)}
         if x.shape[0] < 2:  # CKA across the batch needs two sentences; a lone last batch has one

@@ -353,6 +353,10 @@ def run_distill(
         raise ValueError(
             "--streaming corpora have no length, so the run needs --max_steps N (optimiser steps)"
         )
+    if data_args.streaming and distill_args.cache_teacher:
+        raise ValueError(
+            "--cache_teacher keeps teacher outputs for the whole corpus in memory: drop --streaming"
+        )
     model_args.teacher = packaged_model_path(model_args.teacher)  # the hub's MiniLM: the packaged copy
     tokenizer_name = model_args.tokenizer_name or model_args.teacher
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
