@@ -7,6 +7,9 @@ model card. Task-specific data, metrics and entry points live in `ckadistill.tas
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import SchedulerType, TrainingArguments
@@ -42,3 +45,39 @@ def training_summary(training_args: TrainingArguments, trainer) -> dict[str, Any
         "gradient accumulation": training_args.gradient_accumulation_steps,
         "seed": training_args.seed,
     }
+
+
+def save_run_files(
+    trainer,
+    output_dir: str | Path,
+    metrics: dict[str, float],
+    configs: Sequence[Any],
+    *,
+    header: str,
+    layer_map: tuple[str, Sequence[tuple[int, int]]] | None = None,
+    decoder_layer_map: tuple[str, Sequence[tuple[int, int]]] | None = None,
+) -> None:
+    """What every run writes beside its saved model (call on the main process): `all_results.json`,
+    `trainer_state.json` (the full log history, loss components included), the resolved config, and for
+    students `layer_map.json` (`(spec, pairs)` of the encoder, and of the decoder when it has one)."""
+    from ckadistill.config import save_config
+    from ckadistill.layer_maps import format_layer_map
+
+    output_dir = Path(output_dir)
+    trainer.save_metrics("all", metrics)
+    trainer.save_state()
+    save_config(output_dir / CONFIG_FILE, *configs, header=header)
+    if layer_map is None:
+        return
+    spec, pairs = layer_map
+    record: dict[str, Any] = {
+        "spec": spec,
+        "encoder": format_layer_map(list(pairs)),
+        "pairs": [list(p) for p in pairs],
+    }
+    if decoder_layer_map is not None:
+        spec, pairs = decoder_layer_map
+        record.update(
+            decoder_spec=spec, decoder=format_layer_map(list(pairs)), decoder_pairs=[list(p) for p in pairs]
+        )
+    (output_dir / LAYER_MAP_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

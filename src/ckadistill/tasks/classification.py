@@ -9,7 +9,6 @@ the config dataclasses of `ckadistill.config`, so scripts and benchmarks call th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +24,16 @@ from ckadistill.config import (
     DistillArguments,
     DistillModelArguments,
     FinetuneModelArguments,
-    save_config,
 )
 from ckadistill.data import check_vocab_compatible, load_raw_splits
 from ckadistill.metrics import count_parameters, measure_throughput
 from ckadistill.model_card import write_model_card
-from ckadistill.runs import CONFIG_FILE, LAYER_MAP_FILE, check_eval_setup, resume_target, training_summary
+from ckadistill.runs import (
+    check_eval_setup,
+    resume_target,
+    save_run_files,
+    training_summary,
+)
 from ckadistill.tasks.classification_data import (
     LabelSpace,
     encode_splits,
@@ -175,10 +178,8 @@ def run_finetune(
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics)
-        trainer.save_state()  # trainer_state.json: the full log history, loss components included
-        save_config(
-            output_dir / CONFIG_FILE, model_args, data_args, training_args, header="ckadistill finetune"
+        save_run_files(
+            trainer, output_dir, metrics, (model_args, data_args, training_args), header="ckadistill finetune"
         )
         write_model_card(
             output_dir,
@@ -354,18 +355,14 @@ def run_distill(
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics)
-        trainer.save_state()  # trainer_state.json: the full log history, loss components included
-        save_config(
-            output_dir / CONFIG_FILE,
-            model_args,
-            data_args,
-            distill_args,
-            training_args,
+        save_run_files(
+            trainer,
+            output_dir,
+            metrics,
+            (model_args, data_args, distill_args, training_args),
             header="ckadistill distill",
+            layer_map=(distill_args.layer_map, pairs),
         )
-        layer_map = {"spec": distill_args.layer_map, "encoder": format_layer_map(pairs), "pairs": pairs}
-        (output_dir / LAYER_MAP_FILE).write_text(json.dumps(layer_map, indent=2) + "\n", encoding="utf-8")
         compression = count_parameters(teacher) / count_parameters(student)
         write_model_card(
             output_dir,

@@ -40,12 +40,16 @@ from ckadistill.config import (
     DistillArguments,
     DistillModelArguments,
     TaskTrainingArguments,
-    save_config,
 )
 from ckadistill.data import check_vocab_compatible
 from ckadistill.metrics import count_parameters
 from ckadistill.model_card import write_model_card
-from ckadistill.runs import CONFIG_FILE, LAYER_MAP_FILE, check_eval_setup, resume_target, training_summary
+from ckadistill.runs import (
+    check_eval_setup,
+    resume_target,
+    save_run_files,
+    training_summary,
+)
 from ckadistill.tasks.general_data import encode_corpus, load_corpus, text_column_of
 
 logger = logging.getLogger(__name__)
@@ -431,20 +435,15 @@ def run_distill(
         is_sentence_model = write_sentence_transformer_files(
             model_args.teacher, output_dir, trainer.model.config.hidden_size
         )
-        trainer.save_metrics("all", metrics)
-        trainer.save_state()
-        save_config(
-            output_dir / CONFIG_FILE,
-            model_args,
-            data_args,
-            distill_args,
-            training_args,
-            header="ckadistill distill",
+        save_run_files(
+            trainer,
+            output_dir,
+            metrics,
+            (model_args, data_args, distill_args, training_args),
+            header="ckadistill distill --task general",
+            layer_map=(distill_args.layer_map, pairs),
+            decoder_layer_map=(distill_args.decoder_layer_map, decoder_pairs) if decoder_pairs else None,
         )
-        written = {"spec": distill_args.layer_map, "encoder": format_layer_map(pairs), "pairs": pairs}
-        if decoder_pairs:
-            written.update(decoder=format_layer_map(decoder_pairs), decoder_pairs=decoder_pairs)
-        (output_dir / LAYER_MAP_FILE).write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
         compression = count_parameters(teacher) / count_parameters(trainer.model)
         tag, usage = _card_usage(kind, is_sentence_model, tokenizer.mask_token)
         write_model_card(

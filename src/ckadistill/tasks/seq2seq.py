@@ -21,7 +21,6 @@ teacher alike. During training, `--predict_with_generate true` scores the first
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -37,12 +36,16 @@ from ckadistill.config import (
     FinetuneModelArguments,
     GenerationArguments,
     TaskTrainingArguments,
-    save_config,
 )
 from ckadistill.data import check_vocab_compatible, load_raw_splits
 from ckadistill.metrics import count_parameters
 from ckadistill.model_card import write_model_card
-from ckadistill.runs import CONFIG_FILE, LAYER_MAP_FILE, check_eval_setup, resume_target, training_summary
+from ckadistill.runs import (
+    check_eval_setup,
+    resume_target,
+    save_run_files,
+    training_summary,
+)
 from ckadistill.tasks.seq2seq_data import (
     encode_seq2seq_splits,
     forced_bos_token_id,
@@ -267,14 +270,11 @@ def run_finetune(
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics)
-        trainer.save_state()
-        save_config(
-            output_dir / CONFIG_FILE,
-            model_args,
-            data_args,
-            training_args,
-            generation_args,
+        save_run_files(
+            trainer,
+            output_dir,
+            metrics,
+            (model_args, data_args, training_args, generation_args),
             header=f"ckadistill finetune --task {data_args.task}",
         )
         write_model_card(
@@ -453,26 +453,15 @@ def run_distill(
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics)
-        trainer.save_state()  # trainer_state.json: the full log history, cka/enc_* and cka/dec_* included
-        save_config(
-            output_dir / CONFIG_FILE,
-            model_args,
-            data_args,
-            distill_args,
-            training_args,
-            generation_args,
+        save_run_files(
+            trainer,
+            output_dir,
+            metrics,
+            (model_args, data_args, distill_args, training_args, generation_args),
             header=f"ckadistill distill --task {data_args.task}",
+            layer_map=(distill_args.layer_map, layer_map.encoder),
+            decoder_layer_map=(distill_args.decoder_layer_map, layer_map.decoder),
         )
-        maps = {
-            "spec": distill_args.layer_map,
-            "encoder": format_layer_map(list(layer_map.encoder)),
-            "pairs": [list(p) for p in layer_map.encoder],
-            "decoder_spec": distill_args.decoder_layer_map,
-            "decoder": format_layer_map(list(layer_map.decoder)),
-            "decoder_pairs": [list(p) for p in layer_map.decoder],
-        }
-        (output_dir / LAYER_MAP_FILE).write_text(json.dumps(maps, indent=2) + "\n", encoding="utf-8")
         compression = count_parameters(teacher) / count_parameters(trainer.model)
         write_model_card(
             output_dir,
