@@ -515,3 +515,22 @@ def test_a_bare_encoder_teacher_can_be_cached(tmp_path, tokenizer, pooling):
             BertForMaskedLM(tiny_config(tokenizer)),
             DistillArguments(cache_teacher=True),
         )
+
+
+def test_distill_general_from_a_stream(tmp_path, tokenizer):
+    teacher = make_sentence_encoder(tokenizer, tmp_path / "teacher")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"body": s}) for s in SENTENCES * 8) + "\n", encoding="utf-8")
+    out = tmp_path / "student"
+    run_cli(
+        [
+            "--task", "general", "--teacher", str(teacher), "--train_file", str(corpus), "--text_column", "body",
+            "--streaming", "true", "--shuffle_buffer", "16", "--max_eval_samples", "6", "--max_steps", "4",
+            "--per_device_train_batch_size", "4", "--output_dir", str(out), "--student_layers", "1",
+            "--student_hidden_size", "16", "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2",
+        ]
+    )  # fmt: skip
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert sum("eval_loss" in entry for entry in state["log_history"]) >= 2  # evaluated on the stream's head
+    assert "streamed: `True`" in (out / "README.md").read_text()
