@@ -163,3 +163,21 @@ def test_results_table_is_relative_to_the_first_row():
 def test_evaluate_reports_a_missing_split(finetuned, data, capsys):
     assert evaluate_main([str(finetuned), "--test_file", str(data["test"]), "--split", "validation"]) == 2
     assert "--split validation is not in the data; available splits: test" in capsys.readouterr().err
+
+
+def test_evaluate_reads_the_lengths_the_models_were_trained_with(tmp_path):
+    from ckadistill.commands.evaluate import parse
+
+    first, second, bare = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder, length in ((first, 40), (second, 96)):
+        folder.mkdir()
+        (folder / "ckadistill_config.yaml").write_text(f"max_length: {length}\nmax_source_length: 64\n")
+    bare.mkdir()
+    data = tmp_path / "test.csv"
+    data.write_text("text,label\nsome words,a\n")
+    data_args, _, _ = parse([str(first), str(second), str(bare), "--data", str(data)])
+    assert (data_args.max_length, data_args.max_source_length) == (96, 64)  # the longest recorded
+    data_args, _, _ = parse([str(first), "--data", str(data), "--max_length", "24"])
+    assert data_args.max_length == 24  # a flag on the command line wins
+    data_args, _, _ = parse([str(bare), "--data", str(data)])
+    assert data_args.max_length == 128  # nothing recorded: the flag's default

@@ -70,8 +70,33 @@ def build_parser():
     return parser
 
 
+LENGTH_FLAGS = ("max_length", "max_source_length", "max_target_length")
+
+
+def recorded_lengths(model_dirs: list[str]) -> dict[str, int]:
+    """The longest `max_length` / `max_source_length` / `max_target_length` the models were trained with,
+    read from the `ckadistill_config.yaml` beside each (models without one are skipped)."""
+    import yaml
+
+    from ckadistill.runs import CONFIG_FILE
+
+    found: dict[str, int] = {}
+    for model_dir in model_dirs:
+        path = Path(model_dir) / CONFIG_FILE
+        if not path.is_file():
+            continue
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for name in LENGTH_FLAGS:
+            if isinstance(config.get(name), int):
+                found[name] = max(found.get(name, 0), config[name])
+    return found
+
+
 def parse(argv: list[str]) -> tuple:
     """`(data, generation, extra)` arguments, with `--data` given to `--split` (a file) or the hub (a name).
+
+    A length flag left unset takes the longest value the models were trained with (so no model is
+    scored on shorter inputs than it learnt from), else its default.
 
     Raises:
         ValueError: a bad value (argparse exits with status 2 on an unknown flag).
@@ -79,6 +104,11 @@ def parse(argv: list[str]) -> tuple:
     data_args, generation_args, extra = build_parser().parse_args_into_dataclasses(
         args=argv, look_for_args_file=False
     )
+    given = {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
+    lengths = {k: v for k, v in recorded_lengths(extra.model_dirs).items() if k not in given}
+    if lengths:
+        logger.warning("Lengths from the models' training runs: %s (set the flags to override)", lengths)
+        data_args = dataclasses.replace(data_args, **lengths)
     if extra.data is not None:
         if Path(extra.data).exists():
             data_args = dataclasses.replace(
