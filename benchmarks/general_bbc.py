@@ -180,6 +180,7 @@ def general_student(paths, out: Path, shape: str, seed: int, args) -> Path:
             train_file=str(paths["corpus"]),
             validation_file=str(paths["corpus_validation"]),
             max_length=64,
+            max_train_samples=args.corpus_sentences,
         ),
         DistillArguments(cache_teacher=True, cache_teacher_max_gb=12.0),
         TaskTrainingArguments(
@@ -354,6 +355,9 @@ def main() -> None:
     )
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--corpus_sentences", type=int, default=None, help="Use only the first N corpus sentences (quick looks)."
+    )
     parser.add_argument("--general_epochs", type=float, default=2.0)
     parser.add_argument("--general_learning_rate", type=float, default=5e-4)
     parser.add_argument("--headline_epochs", type=float, default=10.0)

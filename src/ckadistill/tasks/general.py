@@ -182,7 +182,7 @@ def embedding_agreement(student_vectors: torch.Tensor, teacher_vectors: torch.Te
 
 
 def _load_models(model_args: DistillModelArguments, data_args: DataArguments, train, tokenizer, seed: int):
-    """The teacher (masked LM or bare encoder, by its config's architecture) and the student."""
+    """The teacher (a masked LM, bare encoder or encoder-decoder LM, by its config's architecture) and the student."""
     from ckadistill.students import load_teacher, make_student
     from ckadistill.trainer import model_kind
 
