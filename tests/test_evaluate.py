@@ -181,3 +181,16 @@ def test_evaluate_reads_the_lengths_the_models_were_trained_with(tmp_path):
     assert data_args.max_length == 24  # a flag on the command line wins
     data_args, _, _ = parse([str(bare), "--data", str(data)])
     assert data_args.max_length == 128  # nothing recorded: the flag's default
+
+
+def test_finetuning_twice_with_one_seed_gives_the_same_teacher(finetuned, data, tmp_path):
+    """The new classification head is drawn after seeding, so a rerun reproduces the teacher exactly."""
+    again = tmp_path / "again"
+    argv = ["--model_name_or_path", str(finetuned.parent / "base"), "--train_file", str(data["train"])]
+    argv += ["--test_file", str(data["test"]), "--output_dir", str(again), "--save_strategy", "no", *FAST]
+    torch.manual_seed(1234)  # whatever the global random state before the run
+    assert finetune_main(argv) == 0
+    first = AutoModelForSequenceClassification.from_pretrained(finetuned).state_dict()
+    second = AutoModelForSequenceClassification.from_pretrained(again).state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

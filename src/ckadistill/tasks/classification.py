@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from ckadistill.config import (
     ClassificationTrainingArguments,
@@ -135,6 +135,8 @@ def run_finetune(
         DataCollatorWithPadding,
         Trainer,
     )
+
+    set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.packaged import packaged_model_path
 
@@ -284,6 +286,8 @@ def run_distill(
         splits as `teacher_eval_*` / `teacher_test_*`.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for
     from ckadistill.trainer import DistillationTrainer

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from ckadistill.config import (
     DataArguments,
@@ -348,6 +348,8 @@ def run_distill(
         student's sentence vectors with the teacher's on up to 512 validation documents.
     """
     from transformers import AutoTokenizer
+
+    set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for
     from ckadistill.packaged import packaged_model_path

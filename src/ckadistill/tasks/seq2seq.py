@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from ckadistill.config import (
     DataArguments,
@@ -219,6 +219,8 @@ def run_finetune(
     """
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
+    set_seed(training_args.seed)  # before any model is built: new heads start the same every run
+
     # Data (columns checked before the model loads), model, tokenizer (language codes set), prefix.
     if model_args.freeze_layers:
         raise ValueError("--freeze_layers applies to classification teachers only; drop it for seq2seq tasks")
@@ -376,6 +378,8 @@ def run_distill(
         `teacher_test_*`.
     """
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+
+    set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for
     from ckadistill.trainer import DistillationTrainer
