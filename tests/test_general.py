@@ -452,7 +452,7 @@ def test_distill_general_encoder_decoder_end_to_end(tmp_path, family):
     run_cli(
         [
             "--task", "general", "--teacher", str(teacher), "--train_file", str(corpus), "--output_dir", str(out),
-            "--student_encoder_layers", "2", "--student_decoder_layers", "2", "--student_hidden_size", "16",
+            "--student_layers", "2", "--student_hidden_size", "16",  # both stacks of an encoder-decoder
             "--max_steps", "3", "--logging_steps", "1",
         ]
     )  # fmt: skip

@@ -312,6 +312,41 @@ def make_student(
     return student
 
 
+def student_from_args(
+    teacher: PreTrainedModel, model_args, *, init_texts=None, tokenizer=None, seed: int = 0
+):
+    """`make_student` with the `--student_*` flags of a `DistillModelArguments`.
+
+    For an encoder-decoder teacher `--student_layers` sets both stacks unless `--student_encoder_layers`
+    / `--student_decoder_layers` say otherwise; an encoder-only teacher takes `--student_layers` (and
+    `make_student` refuses the per-stack flags there, naming them).
+    """
+    if get_family(teacher.config).is_encoder_decoder:
+        depth = model_args.student_layers
+        enc, dec = model_args.student_encoder_layers, model_args.student_decoder_layers
+        depths = {
+            "encoder_layers": depth if enc is None else enc,
+            "decoder_layers": depth if dec is None else dec,
+        }
+    else:
+        depths = {
+            "num_layers": model_args.student_layers,
+            "encoder_layers": model_args.student_encoder_layers,
+            "decoder_layers": model_args.student_decoder_layers,
+        }
+    return make_student(
+        teacher,
+        hidden_size=model_args.student_hidden_size,
+        ffn_size=model_args.student_ffn_size,
+        num_heads=model_args.student_heads,
+        init=model_args.student_init,
+        init_texts=init_texts,
+        tokenizer=tokenizer,
+        seed=seed,
+        **depths,
+    )
+
+
 def load_teacher(teacher: str) -> PreTrainedModel:
     """Load a teacher with the class its config names (so task heads survive), else the base model."""
     import transformers

@@ -234,18 +234,10 @@ def _load_student(
         ).is_file()
         student_tokenizer = AutoTokenizer.from_pretrained(model_args.student) if has_tokenizer else None
         return student, student_tokenizer
-    from ckadistill.students import make_student
+    from ckadistill.students import student_from_args
 
-    student = make_student(
-        teacher,
-        hidden_size=model_args.student_hidden_size,
-        num_layers=model_args.student_layers,
-        ffn_size=model_args.student_ffn_size,
-        num_heads=model_args.student_heads,
-        init=model_args.student_init,
-        init_texts=sample_texts(raw, data_args),
-        tokenizer=tokenizer,
-        seed=seed,
+    student = student_from_args(
+        teacher, model_args, init_texts=sample_texts(raw, data_args), tokenizer=tokenizer, seed=seed
     )
     return student, None
 

@@ -183,7 +183,7 @@ def embedding_agreement(student_vectors: torch.Tensor, teacher_vectors: torch.Te
 
 def _load_models(model_args: DistillModelArguments, data_args: DataArguments, train, tokenizer, seed: int):
     """The teacher (a masked LM, bare encoder or encoder-decoder LM, by its config's architecture) and the student."""
-    from ckadistill.students import load_teacher, make_student
+    from ckadistill.students import load_teacher, student_from_args
     from ckadistill.trainer import model_kind
 
     teacher = load_teacher(model_args.teacher)
@@ -202,19 +202,7 @@ def _load_models(model_args: DistillModelArguments, data_args: DataArguments, tr
         column = text_column_of(train, data_args, "train_file")
         rows = itertools.islice((row[column] for row in train if str(row[column] or "").strip()), 256)
         texts = [str(text) for text in rows]
-    student = make_student(
-        teacher,
-        hidden_size=model_args.student_hidden_size,
-        num_layers=model_args.student_layers,
-        encoder_layers=model_args.student_encoder_layers,
-        decoder_layers=model_args.student_decoder_layers,
-        ffn_size=model_args.student_ffn_size,
-        num_heads=model_args.student_heads,
-        init=model_args.student_init,
-        init_texts=texts,
-        tokenizer=tokenizer,
-        seed=seed,
-    )
+    student = student_from_args(teacher, model_args, init_texts=texts, tokenizer=tokenizer, seed=seed)
     return teacher, student
 
 

@@ -312,24 +312,10 @@ def _load_student(
             student_dir / "tokenizer_config.json"
         ).is_file()
         return student, AutoTokenizer.from_pretrained(model_args.student) if has_tokenizer else None
-    from ckadistill.students import make_student
+    from ckadistill.students import student_from_args
 
     # --student_layers gives both stacks their depth unless a stack has its own flag.
-    depth = model_args.student_layers
-    encoder_layers = depth if model_args.student_encoder_layers is None else model_args.student_encoder_layers
-    decoder_layers = depth if model_args.student_decoder_layers is None else model_args.student_decoder_layers
-    student = make_student(
-        teacher,
-        hidden_size=model_args.student_hidden_size,
-        encoder_layers=encoder_layers,
-        decoder_layers=decoder_layers,
-        ffn_size=model_args.student_ffn_size,
-        num_heads=model_args.student_heads,
-        init=model_args.student_init,
-        init_texts=sources,
-        tokenizer=tokenizer,
-        seed=seed,
-    )
+    student = student_from_args(teacher, model_args, init_texts=sources, tokenizer=tokenizer, seed=seed)
     return student, None
 
 
