@@ -20,7 +20,7 @@ Scores: BLEU and chrF (sacrebleu) on the test sentences, greedy decoding; latenc
 number of tokens at batch 1 and 16. Each finished run is appended to
 benchmarks/results/translation_bbc.jsonl (kept in the repository) and skipped when the script runs again.
 
-    python benchmarks/translation_bbc.py                 # data, teacher and the whole grid (about an hour)
+    python benchmarks/translation_bbc.py                 # data, teacher and the whole grid (hours on 2 CPU cores)
     python benchmarks/translation_bbc.py --seeds 0 --inits slice --losses cka none   # a quick look
     python benchmarks/translation_bbc.py --table_only    # the table of every stored run
 """
