@@ -356,7 +356,10 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--corpus_sentences", type=int, default=None, help="Use only the first N corpus sentences (quick looks)."
+        "--corpus_sentences",
+        type=int,
+        default=None,
+        help="Use only the first N corpus sentences (quick looks).",
     )
     parser.add_argument("--general_epochs", type=float, default=2.0)
     parser.add_argument("--general_learning_rate", type=float, default=5e-4)
