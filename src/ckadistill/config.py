@@ -164,6 +164,11 @@ class DataArguments:
     )
 
     @property
+    def augment_op_names(self) -> list[str]:
+        """`--augment_ops` as a list of names."""
+        return [op.strip() for op in self.augment_ops.split(",") if op.strip()]
+
+    @property
     def is_seq2seq(self) -> bool:
         """Whether the task maps a source text to a target text (an encoder-decoder model)."""
         return self.task in SEQ2SEQ_TASKS
@@ -192,7 +197,7 @@ class DataArguments:
             raise ValueError("--augment perturbs classification texts; drop it for --task " + self.task)
         if not 0.0 < self.augment_rate < 1.0:
             raise ValueError(f"--augment_rate must be in (0, 1), got {self.augment_rate}")
-        ops = [op.strip() for op in self.augment_ops.split(",") if op.strip()]
+        ops = self.augment_op_names
         unknown = sorted(set(ops) - {"mask", "replace", "delete"})
         if not ops or unknown:
             raise ValueError(

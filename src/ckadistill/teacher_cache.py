@@ -116,14 +116,13 @@ class TeacherCache:
     def pooled(self, layer: int, example_ids: Tensor, pooling: str = "mean") -> Tensor:
         """`(B, d_t)` fp32 sentence vectors of the given rows from a cached layer: the mean of each
         row's real tokens, or its first token (`pooling="cls"`)."""
+        from ckadistill.losses import mean_pool
+
         ids = example_ids.cpu()
-        starts, ends = self._offsets[ids], self._offsets[ids + 1]
-        states = self._states[layer]
         if pooling == "cls":
-            return states[starts].float()
-        return torch.stack(
-            [states[s:e].float().mean(dim=0) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
-        )
+            return self._states[layer][self._offsets[ids]].float()
+        lengths = self._offsets[ids + 1] - self._offsets[ids]  # (B,)
+        return mean_pool(self.hidden_rows(layer, example_ids), lengths=lengths)
 
     def num_tokens(self, example_ids: Tensor) -> int:
         ids = example_ids.cpu()

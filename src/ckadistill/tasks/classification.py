@@ -314,7 +314,7 @@ def run_distill(
             data_args.augment,
             tokenizer,
             rate=data_args.augment_rate,
-            ops=[op.strip() for op in data_args.augment_ops.split(",") if op.strip()],
+            ops=data_args.augment_op_names,
             seed=data_args.split_seed,
         )
     check_eval_setup(encoded, training_args)

@@ -402,7 +402,9 @@ def run_distill(
         metrics.update(trainer.evaluate(encoded["validation"], metric_key_prefix="eval"))
         rows = list(itertools.islice(iter(encoded["validation"]), AGREEMENT_SAMPLES))
         if len(rows) >= 3 and kind != "seq2seq":
-            collator = _collator("encoder", tokenizer, DistillArguments())  # plain padding, no masking
+            from transformers import DataCollatorWithPadding
+
+            collator = DataCollatorWithPadding(tokenizer)  # unmasked text, whatever the training collator
             vectors = [
                 sentence_vectors(model, rows, collator, pooling=pooling) for model in (trainer.model, teacher)
             ]
