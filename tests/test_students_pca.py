@@ -108,6 +108,9 @@ def test_cli_pca_reads_init_data(tokenizer, sentences, tmp_path, capsys):
     student, loading = tf.AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not loading["missing_keys"] and not loading["unexpected_keys"]
     assert student.config.ckadistill["pca"]["texts"] == len(sentences)
+    # --init-samples caps what is measured (a large file is not read through by the teacher).
+    assert make_student_main([*argv, "--init", "pca", "--init-data", str(data), "--init-samples", "3"]) == 0
+    assert tf.AutoConfig.from_pretrained(out).ckadistill["pca"]["texts"] == 3
     assert make_student_main([*argv, "--init", "slice", "--init-data", str(data)]) == 2
     assert "--init-data is only read by --init pca" in capsys.readouterr().err
 

@@ -374,9 +374,13 @@ def create_student(
     init: str = "slice",
     init_data: str | None = None,
     init_text_column: str = "text",
+    init_samples: int = 256,
     seed: int = 0,
 ) -> Path:
     """Load a teacher (path or hub id) and its tokenizer, build a student, save both in `output_dir`.
+
+    `init_samples`: how many of `init_data`'s texts `pca` measures (the first ones; 0: all of them), as
+    many as `distill` measures by default: the basis settles long before a large file is read through.
 
     Returns the output directory; the student loads back with `AutoModel…from_pretrained(output_dir)`.
     """
@@ -388,7 +392,13 @@ def create_student(
     if init_data is not None:
         from ckadistill.data import read_texts
 
-        texts, _ = read_texts(init_data, init_text_column, flag="init-data", text_flag="init-text-column")
+        texts, _ = read_texts(
+            init_data,
+            init_text_column,
+            max_samples=init_samples or None,
+            flag="init-data",
+            text_flag="init-text-column",
+        )
     model = load_teacher(teacher)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
     student = make_student(

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--init-text-column", default="text", help="Text field of a .csv / .jsonl --init-data file."
     )
+    parser.add_argument(
+        "--init-samples",
+        type=int,
+        default=256,
+        help="How many --init-data texts --init pca measures (the first ones; 0: every text).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random initialisation.")
     return parser
 
@@ -75,6 +81,7 @@ def main(argv: list[str]) -> int:
             init=args.init,
             init_data=args.init_data,
             init_text_column=args.init_text_column,
+            init_samples=args.init_samples,
             seed=args.seed,
         )
     except ValueError as err:
