@@ -18,6 +18,7 @@ from ckadistill.losses import (
     cosine_hidden_loss,
     gram_cka,
     kl_logits_loss,
+    layer_pair_rows,
     linear_cka,
     mean_pool,
     projected_mse_loss,
@@ -166,6 +167,48 @@ def test_mean_pool_averages_real_tokens_in_both_layouts():
         mean_pool(rows, lengths=torch.tensor([5, 1, 1]))
     with pytest.raises(ValueError, match="rows with lengths"):
         mean_pool(rows)
+
+
+def test_layer_pair_rows_select_the_same_tokens_for_every_pair():
+    g = torch.Generator().manual_seed(12)
+    student = [torch.randn(3, 5, 4, generator=g) for _ in range(3)]
+    teacher = [torch.randn(3, 5, 6, generator=g) for _ in range(5)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    pairs = [(0, 0), (1, 2), (2, 4)]
+    rows = layer_pair_rows(student, teacher, pairs, mask)
+    for (s, t), (x, y) in zip(pairs, rows, strict=True):
+        assert torch.equal(x, select_tokens(student[s], mask)) and x.shape == (9, 4)
+        assert torch.equal(y, select_tokens(teacher[t], mask)) and y.shape == (9, 6)
+    assert [x.shape[0] for x, _ in layer_pair_rows(student, teacher, pairs)] == [15, 15, 15]
+    with pytest.raises(ValueError, match="does not match hidden states"):
+        layer_pair_rows(student, teacher, pairs, mask[:, :4])
+
+
+def test_linear_cka_gradient_matches_autograd_of_the_plain_formula():
+    # The closed-form backward against autograd through the three products, for x alone and for both.
+    x, y = related_pair(50, 6, 9, seed=13, dtype=F64)
+    for both in (False, True):
+        a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(both)
+        linear_cka(a, b, dtype=F64).backward()
+        ref_a, ref_b = x.clone().requires_grad_(True), y.clone().requires_grad_(both)
+        xc, yc = ref_a - ref_a.mean(0), ref_b - ref_b.mean(0)
+        plain = (yc.T @ xc).pow(2).sum() / (
+            torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
+        )
+        plain.backward()
+        assert torch.allclose(a.grad, ref_a.grad, atol=1e-12)
+        assert (b.grad is None) == (not both)
+        if both:
+            assert torch.allclose(b.grad, ref_b.grad, atol=1e-12)
+
+
+def test_linear_cka_stays_fp32_under_autocast():
+    x, y = related_pair(300, 16, 24, seed=14)
+    reference = linear_cka(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = linear_cka(x, y)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(reference.item(), abs=1e-6)
 
 
 def test_gradcheck_linear_cka():

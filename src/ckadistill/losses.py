@@ -97,9 +97,18 @@ def layer_pair_rows(
     """
     if sequence_level:
         return [(mean_pool(student_states[s], mask), mean_pool(teacher_states[t], mask)) for s, t in pairs]
-    return [
-        (select_tokens(student_states[s], mask), select_tokens(teacher_states[t], mask)) for s, t in pairs
-    ]
+    if mask is None:
+        return [(select_tokens(student_states[s]), select_tokens(teacher_states[t])) for s, t in pairs]
+    # The real-token positions are found once for every pair (a boolean index per tensor would search
+    # the mask again each time, and on a GPU wait for the device each time).
+    index = mask.reshape(-1).nonzero().squeeze(1)  # (n,)
+
+    def rows(h: Tensor) -> Tensor:
+        if h.shape[:2] != mask.shape:
+            raise ValueError(f"mask {tuple(mask.shape)} does not match hidden states {tuple(h.shape)}")
+        return h.reshape(-1, h.shape[-1]).index_select(0, index.to(h.device))  # (n, d)
+
+    return [(rows(student_states[s]), rows(teacher_states[t])) for s, t in pairs]
 
 
 def _paired_rows(
@@ -152,12 +161,45 @@ def linear_cka(
         ValueError: fewer than 2 real tokens, or x and y select different numbers of tokens.
     """
     x, y = _paired_rows(x, y, mask, dtype)
-    x = _centre_and_scale(x)  # (n, d_s)
-    y = _centre_and_scale(y)  # (n, d_t)
-    cross = (y.T @ x).pow(2).sum()  # ||Yᵀ X||_F², from a (d_t, d_s) product
-    self_x = torch.linalg.matrix_norm(x.T @ x)  # (d_s, d_s) product
-    self_y = torch.linalg.matrix_norm(y.T @ y)  # (d_t, d_t) product
-    return (cross / (self_x * self_y).clamp_min(eps)).clamp(0.0, 1.0)
+    with torch.autocast(x.device.type, enabled=False):  # the products stay in `dtype` under autocast
+        return _FeatureCKA.apply(_centre_and_scale(x), _centre_and_scale(y), eps).clamp(0.0, 1.0)
+
+
+class _FeatureCKA(torch.autograd.Function):
+    """`||YᵀX||² / (||XᵀX|| · ||YᵀY||)` of centred rows, with its gradient written out.
+
+    Autograd through the three products would keep them all for the backward and differentiate
+    `XᵀX` twice (once per operand); the closed form needs one `(n, d)` product per side that has a
+    gradient, and nothing on the teacher's side when it has none (the usual case):
+
+        ∂c/∂X = 2·(Y A − c·(‖YᵀY‖/‖XᵀX‖)·X XᵀX) / (‖XᵀX‖·‖YᵀY‖),   A = YᵀX   (and symmetrically for Y).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, eps: float) -> Tensor:
+        cross = y.T @ x  # (d_t, d_s)
+        gram_x, gram_y = x.T @ x, y.T @ y  # (d_s, d_s), (d_t, d_t)
+        norm_x, norm_y = torch.linalg.matrix_norm(gram_x), torch.linalg.matrix_norm(gram_y)
+        numerator, denominator = cross.pow(2).sum(), norm_x * norm_y
+        ctx.save_for_backward(x, y, cross, gram_x, gram_y, numerator, norm_x, norm_y)
+        ctx.eps = eps
+        return numerator / denominator.clamp_min(eps)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y, cross, gram_x, gram_y, numerator, norm_x, norm_y = ctx.saved_tensors
+        denominator = norm_x * norm_y
+        # Below eps the denominator is a constant (clamp_min), so only the numerator has a gradient.
+        live = (denominator >= ctx.eps).to(x.dtype)
+        scale = 2.0 * grad / denominator.clamp_min(ctx.eps)
+        shrink = live * numerator / denominator.clamp_min(ctx.eps)
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = scale * (y @ cross - shrink * (norm_y / norm_x.clamp_min(_TINY)) * (x @ gram_x))
+        if ctx.needs_input_grad[1]:
+            grad_y = scale * (x @ cross.T - shrink * (norm_x / norm_y.clamp_min(_TINY)) * (y @ gram_y))
+        return grad_x, grad_y, None
 
 
 def cka_loss(x: Tensor, y: Tensor, mask: Tensor | None = None, *, sqrt: bool = False, **kwargs) -> Tensor:

@@ -1,0 +1,238 @@
+"""What one whole distillation step costs, per hidden-state loss, side by side in one run.
+
+A step is what the Trainer does per batch: teacher forward (no gradient) + student forward and backward
++ optimiser step, through `DistillationTrainer.training_step`, so every part of the loss path is
+counted (hidden-state selection, the loss terms, their logging). Random weights at two shapes:
+
+    bert-base  12L d768 teacher -> 4L d384 student (slice), sequence classification, batch 16 × 256
+    bart-base  6+6 d768 teacher -> 3+3 d384 student (slice), generation LM, batch 8, source 256, target 64
+
+Hidden losses, each with its own trainer over the same models and batch:
+
+    none         plain KD (task CE + logit KL): no hidden states asked for, no layer pairs
+    mse_proj     TinyBERT's learned projection + MSE per pair (CKA per pair logged without gradient)
+    cka          `1 - CKA` per pair (the default)
+    cka_authors  the reference: the authors' form, float64, `1 - sqrt(CKA)`, rows selected per pair
+
+Timing: the variants take turns (one step each, round after round) so slow drift of the machine's load
+hits them alike; the median of --steps timed rounds after --warmup rounds. Peak memory: the growth of the
+maximum resident set size over two steps, each variant in a fresh subprocess (`ru_maxrss`, as the OS sees
+every allocation; the models themselves are excluded).
+
+    .venv/bin/python benchmarks/bench_step.py                       # both shapes (about 10 minutes here)
+    .venv/bin/python benchmarks/bench_step.py --shapes bert-base --steps 3 --no_memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import transformers
+
+from ckadistill.config import DistillArguments
+from ckadistill.layer_maps import evenly_spaced
+from ckadistill.students import make_student
+from ckadistill.trainer import DistillationTrainer
+
+VARIANTS = ("none", "mse_proj", "cka", "cka_authors")
+SHAPES = {
+    # teacher config, student (encoder, decoder) layers and width, batch, source and target lengths
+    "bert-base": {"layers": (4, 0), "width": 384, "batch": 16, "source": 256, "target": 0},
+    "bart-base": {"layers": (3, 3), "width": 384, "batch": 8, "source": 256, "target": 64},
+}
+
+
+def authors_cka_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference form: centre in float64, `1 - ||XᵀY||_F / sqrt(||XᵀX||_F · ||YᵀY||_F)`."""
+    x, y = x.double(), y.double()
+    x = x - x.mean(dim=0, keepdim=True)
+    y = y - y.mean(dim=0, keepdim=True)
+    cross = torch.linalg.matrix_norm(x.T @ y)
+    return 1.0 - cross / torch.sqrt(torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y))
+
+
+class AuthorsTrainer(DistillationTrainer):
+    """`cka_authors`: the same trainer with the reference loss in place of `cka_loss` per pair."""
+
+    def _hidden_terms(self, states):
+        losses = [authors_cka_loss(x, y).float() for x, y in states]
+        return losses, [1.0 - loss.detach() for loss in losses]
+
+
+def build_models(shape: str) -> tuple:
+    """Random-weight teacher and slice-initialised student of one shape, with a batch of random tokens."""
+    spec = SHAPES[shape]
+    torch.manual_seed(0)
+    if shape == "bert-base":
+        teacher = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=5))
+        student = make_student(teacher, num_layers=spec["layers"][0], hidden_size=spec["width"])
+    else:
+        config = transformers.BartConfig(
+            d_model=768,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+        )
+        teacher = transformers.BartForConditionalGeneration(config)
+        student = make_student(
+            teacher,
+            encoder_layers=spec["layers"][0],
+            decoder_layers=spec["layers"][1],
+            hidden_size=spec["width"],
+        )
+    vocab = teacher.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "input_ids": torch.randint(5, vocab, (spec["batch"], spec["source"]), generator=g),
+        "attention_mask": torch.ones(spec["batch"], spec["source"], dtype=torch.long),
+    }
+    batch["attention_mask"][: spec["batch"] // 2, spec["source"] * 3 // 4 :] = 0  # some padding
+    if spec["target"]:
+        batch["labels"] = torch.randint(5, vocab, (spec["batch"], spec["target"]), generator=g)
+        batch["labels"][: spec["batch"] // 2, spec["target"] * 3 // 4 :] = -100
+    else:
+        batch["labels"] = torch.randint(0, 5, (spec["batch"],), generator=g)
+    return teacher, student, batch
+
+
+def build_trainer(variant: str, teacher, student, shape: str, output_dir: str) -> DistillationTrainer:
+    spec = SHAPES[shape]
+    enc_pairs = [(0, 0), *evenly_spaced(spec["layers"][0], 12 if shape == "bert-base" else 6)]
+    dec_pairs = [(0, 0), *evenly_spaced(spec["layers"][1], 6)] if spec["layers"][1] else []
+    hidden = variant != "none"
+    distill_args = DistillArguments(
+        hidden_loss="cka" if variant == "cka_authors" else variant,
+        alpha_hidden=1.0 if hidden else 0.0,
+        layer_map="uniform" if hidden else "none",
+    )
+    args = transformers.Seq2SeqTrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=spec["batch"],
+        learning_rate=1e-4,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer_class = AuthorsTrainer if variant == "cka_authors" else DistillationTrainer
+    trainer = trainer_class(
+        model=student,
+        args=args,
+        teacher=teacher,
+        distill_args=distill_args,
+        layer_pairs=enc_pairs if hidden else (),
+        decoder_layer_pairs=dec_pairs if hidden else (),
+    )
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which is not run here
+    return trainer
+
+
+def one_step(trainer: DistillationTrainer, batch: dict) -> float:
+    start = time.perf_counter()
+    trainer.training_step(trainer.model, dict(batch))
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def memory_worker(shape: str, variant: str) -> dict:
+    """Peak RSS growth over two steps of one variant, in this (fresh) process."""
+    teacher, student, batch = build_models(shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(variant, teacher, student, shape, tmp)
+        baseline = max_rss_bytes()
+        for _ in range(2):
+            one_step(trainer, batch)
+        return {"peak_bytes": max_rss_bytes() - baseline}
+
+
+def timings(shape: str, variants: list[str], warmup: int, steps: int) -> dict[str, list[float]]:
+    teacher, student, batch = build_models(shape)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {v: build_trainer(v, teacher, student, shape, tmp) for v in variants}
+        for round_index in range(warmup + steps):
+            for variant, trainer in trainers.items():
+                elapsed = one_step(trainer, batch)
+                if round_index >= warmup:
+                    times[variant].append(elapsed)
+            print(f"  {shape} round {round_index + 1}/{warmup + steps} done", file=sys.stderr, flush=True)
+    return times
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed rounds first.")
+    parser.add_argument("--steps", type=int, default=5, help="Timed rounds; the median is reported.")
+    parser.add_argument("--no_memory", action="store_true", help="Skip the peak-memory subprocesses.")
+    parser.add_argument("--memory_worker", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_worker:
+        print(json.dumps(memory_worker(*args.memory_worker)))
+        return 0
+    transformers.logging.set_verbosity_error()
+    if "none" not in args.variants:
+        args.variants.insert(0, "none")  # every ratio is to the plain-KD step
+
+    print(f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+          f"Python {platform.python_version()}")  # fmt: skip
+    print(f"- median of {args.steps} timed steps after {args.warmup} warm-up, variants interleaved; fp32")
+    print()
+    print("| shape | hidden loss | step ms | ratio to none | peak MiB over the models |")
+    print("|---|---|---:|---:|---:|")
+    started = time.perf_counter()
+    for shape in args.shapes:
+        times = timings(shape, args.variants, args.warmup, args.steps)
+        base = statistics.median(times["none"])
+        for variant in args.variants:
+            memory = "—"
+            if not args.no_memory:
+                cmd = [sys.executable, __file__, "--memory_worker", shape, variant]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if done.returncode == 0:
+                    memory = f"{json.loads(done.stdout.splitlines()[-1])['peak_bytes'] / 2**20:.0f}"
+                else:
+                    memory = f"failed ({(done.stderr.strip().splitlines() or [''])[-1][:60]})"
+            median = statistics.median(times[variant])
+            print(
+                f"| {shape} | {variant} | {1e3 * median:.0f} | {median / base:.3f} | {memory} |", flush=True
+            )
+    print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
