@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,onnx]"
 	touch $(DEV_STAMP)
 
 setup: $(STAMP)

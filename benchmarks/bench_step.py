@@ -4,8 +4,10 @@ A step is what the Trainer does per batch: teacher forward (no gradient) + stude
 + optimiser step, through `DistillationTrainer.training_step`, so every part of the loss path is
 counted (hidden-state selection, the loss terms, their logging). Random weights at two shapes:
 
-    bert-base  12L d768 teacher -> 4L d384 student (slice), sequence classification, batch 16 × 256
-    bart-base  6+6 d768 teacher -> 3+3 d384 student (slice), generation LM, batch 8, source 256, target 64
+    bert-base   12L d768 teacher -> 4L d384 student (slice), sequence classification, batch 16 × 256
+    bart-base   6+6 d768 teacher -> 3+3 d384 student (slice), generation LM, batch 8, source 256, target 64
+    bart-large  12+12 d1024 teacher -> 3+3 d512 student (slice), batch 8, source 512, target 128
+                (for GPUs: benchmarks/gpu_check.sh)
 
 Hidden losses, each with its own trainer over the same models and batch:
 
@@ -15,9 +17,11 @@ Hidden losses, each with its own trainer over the same models and batch:
     cka_authors  the reference: the authors' form, float64, `1 - sqrt(CKA)`, rows selected per pair
 
 Timing: the variants take turns (one step each, round after round) so slow drift of the machine's load
-hits them alike; the median of --steps timed rounds after --warmup rounds. Peak memory: the growth of the
-maximum resident set size over two steps, each variant in a fresh subprocess (`ru_maxrss`, as the OS sees
-every allocation; the models themselves are excluded).
+hits them alike; the median of --steps timed rounds after --warmup rounds. Peak memory on the CPU: the
+growth of the maximum resident set size over two steps, each variant in a fresh subprocess
+(`ru_maxrss`, as the OS sees every allocation; the models themselves are excluded); on a GPU: the
+device's peak allocation during the variant's steps. `--bf16` runs the models under bf16 autocast
+(the Trainer's `bf16=True`); the losses stay in fp32.
 
     .venv/bin/python benchmarks/bench_step.py                       # both shapes (about 10 minutes here)
     .venv/bin/python benchmarks/bench_step.py --shapes bert-base --steps 3 --no_memory
@@ -49,7 +53,9 @@ SHAPES = {
     # teacher config, student (encoder, decoder) layers and width, batch, source and target lengths
     "bert-base": {"layers": (4, 0), "width": 384, "batch": 16, "source": 256, "target": 0},
     "bart-base": {"layers": (3, 3), "width": 384, "batch": 8, "source": 256, "target": 64},
+    "bart-large": {"layers": (3, 3), "width": 512, "batch": 8, "source": 512, "target": 128},
 }
+TEACHER_DEPTH = {"bert-base": (12, 0), "bart-base": (6, 6), "bart-large": (12, 12)}
 
 
 def authors_cka_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -77,14 +83,16 @@ def build_models(shape: str) -> tuple:
         teacher = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=5))
         student = make_student(teacher, num_layers=spec["layers"][0], hidden_size=spec["width"])
     else:
+        large = shape == "bart-large"
         config = transformers.BartConfig(
-            d_model=768,
-            encoder_layers=6,
-            decoder_layers=6,
-            encoder_attention_heads=12,
-            decoder_attention_heads=12,
-            encoder_ffn_dim=3072,
-            decoder_ffn_dim=3072,
+            d_model=1024 if large else 768,
+            encoder_layers=TEACHER_DEPTH[shape][0],
+            decoder_layers=TEACHER_DEPTH[shape][1],
+            encoder_attention_heads=16 if large else 12,
+            decoder_attention_heads=16 if large else 12,
+            encoder_ffn_dim=4096 if large else 3072,
+            decoder_ffn_dim=4096 if large else 3072,
+            max_position_embeddings=1024,
         )
         teacher = transformers.BartForConditionalGeneration(config)
         student = make_student(
@@ -108,10 +116,13 @@ def build_models(shape: str) -> tuple:
     return teacher, student, batch
 
 
-def build_trainer(variant: str, teacher, student, shape: str, output_dir: str) -> DistillationTrainer:
+def build_trainer(
+    variant: str, teacher, student, shape: str, output_dir: str, bf16: bool = False
+) -> DistillationTrainer:
     spec = SHAPES[shape]
-    enc_pairs = [(0, 0), *evenly_spaced(spec["layers"][0], 12 if shape == "bert-base" else 6)]
-    dec_pairs = [(0, 0), *evenly_spaced(spec["layers"][1], 6)] if spec["layers"][1] else []
+    (enc_t, dec_t), (enc_s, dec_s) = TEACHER_DEPTH[shape], spec["layers"]
+    enc_pairs = [(0, 0), *evenly_spaced(enc_s, enc_t)]
+    dec_pairs = [(0, 0), *evenly_spaced(dec_s, dec_t)] if dec_s else []
     hidden = variant != "none"
     distill_args = DistillArguments(
         hidden_loss="cka" if variant == "cka_authors" else variant,
@@ -125,6 +136,7 @@ def build_trainer(variant: str, teacher, student, shape: str, output_dir: str) -
         report_to=[],
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=bf16,
     )
     trainer_class = AuthorsTrainer if variant == "cka_authors" else DistillationTrainer
     trainer = trainer_class(
@@ -141,10 +153,15 @@ def build_trainer(variant: str, teacher, student, shape: str, output_dir: str) -
 
 
 def one_step(trainer: DistillationTrainer, batch: dict) -> float:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     trainer.training_step(trainer.model, dict(batch))
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()  # the clock stops when the device has finished
     return time.perf_counter() - start
 
 
@@ -163,18 +180,27 @@ def memory_worker(shape: str, variant: str) -> dict:
         return {"peak_bytes": max_rss_bytes() - baseline}
 
 
-def timings(shape: str, variants: list[str], warmup: int, steps: int) -> dict[str, list[float]]:
+def timings(
+    shape: str, variants: list[str], warmup: int, steps: int, bf16: bool
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Step times per variant, and on a GPU each variant's peak device memory (bytes)."""
     teacher, student, batch = build_models(shape)
     times: dict[str, list[float]] = {v: [] for v in variants}
+    peaks: dict[str, int] = {}
+    cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {v: build_trainer(v, teacher, student, shape, tmp) for v in variants}
+        trainers = {v: build_trainer(v, teacher, student, shape, tmp, bf16) for v in variants}
         for round_index in range(warmup + steps):
             for variant, trainer in trainers.items():
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
                 elapsed = one_step(trainer, batch)
+                if cuda:
+                    peaks[variant] = max(peaks.get(variant, 0), torch.cuda.max_memory_allocated())
                 if round_index >= warmup:
                     times[variant].append(elapsed)
             print(f"  {shape} round {round_index + 1}/{warmup + steps} done", file=sys.stderr, flush=True)
-    return times
+    return times, peaks
 
 
 def cpu_model() -> str:
@@ -197,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed rounds first.")
     parser.add_argument("--steps", type=int, default=5, help="Timed rounds; the median is reported.")
     parser.add_argument("--no_memory", action="store_true", help="Skip the peak-memory subprocesses.")
+    parser.add_argument("--bf16", action="store_true", help="Models under bf16 autocast (GPU runs).")
     parser.add_argument("--memory_worker", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_worker:
@@ -209,17 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
           f"Python {platform.python_version()}")  # fmt: skip
-    print(f"- median of {args.steps} timed steps after {args.warmup} warm-up, variants interleaved; fp32")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    precision = "bf16 autocast (losses fp32)" if args.bf16 else "fp32"
+    print(f"- {device}; median of {args.steps} timed steps after {args.warmup} warm-up, variants "
+          f"interleaved; {precision}")  # fmt: skip
     print()
-    print("| shape | hidden loss | step ms | ratio to none | peak MiB over the models |")
-    print("|---|---|---:|---:|---:|")
+    print("| shape | hidden loss | step ms | tokens/s | ratio to none | peak MiB |")
+    print("|---|---|---:|---:|---:|---:|")
     started = time.perf_counter()
     for shape in args.shapes:
-        times = timings(shape, args.variants, args.warmup, args.steps)
+        times, peaks = timings(shape, args.variants, args.warmup, args.steps, args.bf16)
         base = statistics.median(times["none"])
+        spec = SHAPES[shape]
+        tokens = spec["batch"] * (spec["source"] + spec["target"])
         for variant in args.variants:
             memory = "—"
-            if not args.no_memory:
+            if variant in peaks:
+                memory = f"{peaks[variant] / 2**20:.0f}"
+            elif not args.no_memory:
                 cmd = [sys.executable, __file__, "--memory_worker", shape, variant]
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if done.returncode == 0:
@@ -228,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                     memory = f"failed ({(done.stderr.strip().splitlines() or [''])[-1][:60]})"
             median = statistics.median(times[variant])
             print(
-                f"| {shape} | {variant} | {1e3 * median:.0f} | {median / base:.3f} | {memory} |", flush=True
+                f"| {shape} | {variant} | {1e3 * median:.0f} | {tokens / median:.0f} | {median / base:.3f} "
+                f"| {memory} |",
+                flush=True,
             )
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
     return 0

@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "distill": ("ckadistill.commands.distill", "Distil a teacher into a student (CONFIG.yaml + flags)."),
     "evaluate": ("ckadistill.commands.evaluate", "Metrics, size and speed of several models side by side."),
+    "export": (
+        "ckadistill.commands.export",
+        "A classifier as ONNX (fp32, optional int8), checked against PyTorch, with speed.",
+    ),
     "pseudo-label": (
         "ckadistill.commands.pseudo_label",
         "Write a seq2seq teacher's outputs for a data file (sequence-level KD targets).",
