@@ -294,3 +294,13 @@ def test_missing_onnx_packages_name_the_extra(student, tmp_path, monkeypatch):
     status, _, errors = run_cli([str(student), "--output", str(tmp_path / "onnx")])
     assert status == 2 and 'pip install "ckadistill[onnx]"' in errors and "onnxruntime" in errors
     assert not (tmp_path / "onnx").exists()
+
+
+def test_max_length_defaults_to_the_length_the_model_was_distilled_with(tmp_path):
+    from ckadistill.commands.export import parse
+
+    argv = [str(tmp_path), "--output", str(tmp_path / "onnx")]
+    assert parse(argv).max_length == 128  # no record beside the model
+    (tmp_path / "ckadistill_config.yaml").write_text("max_length: 192\n", encoding="utf-8")
+    assert parse(argv).max_length == 192
+    assert parse([*argv, "--max_length", "64"]).max_length == 64

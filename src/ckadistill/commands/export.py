@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="label",
         help="Label column of --data: names of the model's labels (config.label2id) or class indices.",
     )
-    parser.add_argument("--max_length", type=int, default=128, help="Tokens kept per text (truncation).")
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        help="Tokens kept per text (default: the length the model was distilled with, as recorded in its "
+        "ckadistill_config.yaml, else 128).",
+    )
     parser.add_argument(
         "--batch_size", type=int, default=32, help="Batch size for scoring and the second speed column."
     )
@@ -57,8 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments, an unset --max_length filled from the model's own record (argparse exits
+    with status 2 on a bad flag)."""
     args = build_parser().parse_args(argv)
+    if args.max_length is None:
+        from ckadistill.commands.evaluate import recorded_lengths
+
+        args.max_length = recorded_lengths([args.student_dir]).get("max_length", 128)
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
     # Our progress at INFO; the exporter's and quantiser's INFO chatter stays hidden.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ckadistill").setLevel(logging.INFO)
