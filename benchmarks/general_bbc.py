@@ -57,6 +57,7 @@ HEADLINES_PER_TOPIC = 80  # 400 labelled training headlines
 KNN_K = 5
 SIMILARITY_SENTENCES = 400
 LOW_LABEL_FRACTION = 0.1
+STARTS = ("random", "slice", "pca", "general")  # of the transfer part
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,6 +367,13 @@ def main() -> None:
     parser.add_argument("--headline_epochs", type=float, default=10.0)
     parser.add_argument("--augment", type=int, default=8, help="Perturbed copies per headline.")
     parser.add_argument("--transfer_epochs", type=float, default=3.0)
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        default=list(STARTS),
+        choices=list(STARTS),
+        help="Starts of the transfer part (the others can run meanwhile in a second process).",
+    )
     parser.add_argument("--table_only", action="store_true")
     args = parser.parse_args()
     results_file = Path(args.results)
@@ -450,7 +458,7 @@ def main() -> None:
         teacher = train_teacher(quick, split_files)
         for labelled in (1.0, LOW_LABEL_FRACTION):
             for seed in args.seeds:
-                for start in ("random", "slice", "pca", "general"):
+                for start in args.starts:
                     run(
                         {"part": "transfer", "start": start, "labelled": labelled, "seed": seed},
                         lambda st=start, e=seed, lab=labelled: classification_student(
