@@ -10,10 +10,15 @@ resolved values back as YAML that `parse_config` reads again.
 
 import dataclasses
 import difflib
+import inspect
 import logging
+import math
+import types
+import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import torch
 import yaml
@@ -454,13 +459,13 @@ class DistillArguments:
     def __post_init__(self):
         for name in ("alpha_task", "alpha_kd", "alpha_hidden"):
             value = getattr(self, name)
-            if value < 0:
+            if not value >= 0:  # NaN fails too
                 raise ValueError(f"--{name} must be >= 0, got {value}")
         if not self.temperature > 0:
             raise ValueError(f"--temperature must be > 0, got {self.temperature}")
         if self.kd_chunk_size < 1:
             raise ValueError(f"--kd_chunk_size must be >= 1 position, got {self.kd_chunk_size}")
-        if self.alpha_pooled < 0:
+        if not self.alpha_pooled >= 0:
             raise ValueError(f"--alpha_pooled must be >= 0, got {self.alpha_pooled}")
         if self.pooled_loss not in ("auto", "cka", "cosine", "none"):
             raise ValueError(f"--pooled_loss must be auto, cka, cosine or none, got {self.pooled_loss!r}")
@@ -491,6 +496,13 @@ class DistillArguments:
             raise ValueError(
                 f"--hidden_schedule must be 'constant' or 'linear_decay', got {self.hidden_schedule!r}"
             )
+        from ckadistill.layer_maps import check_layer_map_syntax
+
+        for name in ("layer_map", "decoder_layer_map"):
+            try:
+                check_layer_map_syntax(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"--{name}: {err}") from err
         no_pairs = self.layer_map.strip().lower() == "none"
         if self.hidden_loss != "none" and no_pairs and self.alpha_hidden > 0:
             raise ValueError(
@@ -590,6 +602,8 @@ class GenerationArguments:
         for name in ("num_beams", "max_new_tokens", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if math.isnan(self.length_penalty):
+            raise ValueError("--length_penalty must be a number, got nan")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"--no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.eval_generation_samples is not None and self.eval_generation_samples < 1:
@@ -626,7 +640,12 @@ def load_yaml_config(path: str | Path, dataclass_types: tuple[type, ...]) -> dic
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist (pass a YAML file as the first argument)")
-    values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from err
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -634,14 +653,109 @@ def load_yaml_config(path: str | Path, dataclass_types: tuple[type, ...]) -> dic
             f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}"
         )
     known = _init_field_names(dataclass_types)
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known, key=repr)  # YAML keys may be numbers, dates, null
     if unknown:
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(str(key), known, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"unknown key(s) in {path}: {', '.join(hints)}")
-    return values
+    declared = _declared_types(dataclass_types)
+    return {key: _check_yaml_value(path, key, value, declared[key]) for key, value in values.items()}
+
+
+def _declared_types(dataclass_types: tuple[type, ...]) -> dict[str, list[Any]]:
+    """Each init field's type as every dataclass in its MRO declares it, most derived first (a subclass may
+    narrow a type its base accepts: `TaskTrainingArguments.report_to` is a string, saved as a list)."""
+    declared: dict[str, list[Any]] = {}
+    for dtype in dataclass_types:
+        names = {f.name for f in dataclasses.fields(dtype) if f.init}
+        for klass in dtype.__mro__:
+            own = [name for name in inspect.get_annotations(klass) if name in names]
+            if own:
+                hints = typing.get_type_hints(klass)
+                for name in own:
+                    declared.setdefault(name, []).append(hints[name])
+    return declared
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value can stand for a field of type `hint`. Strings stand for numbers and booleans
+    (argparse converts string defaults as it converts flags, and rejects bad ones)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union or origin is types.UnionType:
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return isinstance(value, str) and value in args
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return isinstance(value, hint) or value in [member.value for member in hint]
+    if hint in (bool, int, float) and isinstance(value, str):
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, str) or (
+            isinstance(value, list) and all(_fits(item, args[0]) for item in value) if args else True
+        )
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union or origin is types.UnionType:
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return "one of " + ", ".join(str(member.value) for member in hint)
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, "a list" if origin is list else "a mapping" if origin is dict else str(hint))
+
+
+def _check_yaml_value(path: Path, key: str, value: Any, hints: list[Any]) -> Any:
+    """The value, checked against the field's declared types (and an integer made a float for a float
+    field), or a ValueError naming the key. HfArgumentParser does not check defaults itself."""
+    if not any(_fits(value, hint) for hint in hints):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        advice = f" (quote it in YAML: {key}: '...')" if _takes_text(hints[0]) and value is not None else ""
+        raise ValueError(
+            f"config file {path}: {key} (--{key}) must be {_describe(hints[0])}, got {type(value).__name__} "
+            f"{shown}{advice}"
+        )
+    if isinstance(value, int) and not isinstance(value, bool) and not _fits(value, _without_float(hints[0])):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"config file {path}: {key} (--{key}) is a {len(str(abs(value)))}-digit integer, too large "
+                "for a number"
+            ) from None
+    return value
+
+
+def _takes_text(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return str in typing.get_args(hint)
+    return hint is str
+
+
+def _without_float(hint: Any) -> Any:
+    """`hint` with `float` taken out, to tell whether an integer needs making a float."""
+    if typing.get_origin(hint) is Union or typing.get_origin(hint) is types.UnionType:
+        kept = tuple(arg for arg in typing.get_args(hint) if arg is not float)
+        return Union[kept] if kept else type(None)  # noqa: UP007 - built at run time
+    return type(None) if hint is float else hint
 
 
 def parse_config(

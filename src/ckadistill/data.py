@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,31 @@ def _builder_for(path: Path, flag: str) -> tuple[str, dict]:
     return FILE_BUILDERS[suffix]
 
 
+# what a file of each `datasets` builder must look like, for the errors of unreadable files
+FILE_FORMS = {
+    "csv": "UTF-8 text with a header row and the same number of fields on every row",
+    "json": "UTF-8 text with one JSON object per line (.jsonl) or a JSON list of objects (.json)",
+    "parquet": "a parquet table",
+    "text": "UTF-8 text, one document per line",
+}
+
+
+def read_errors() -> tuple[type[Exception], ...]:
+    """What `datasets` and pyarrow raise for a file they cannot parse (bad bytes, bad syntax, ragged rows)."""
+    import pyarrow as pa
+    from datasets.exceptions import DatasetGenerationError
+
+    # UnicodeDecodeError, json.JSONDecodeError and pandas' ParserError are ValueErrors
+    return (DatasetGenerationError, pa.ArrowException, ValueError)
+
+
+def unreadable_file(err: Exception, path: Path, builder: str, flag: str) -> ValueError:
+    """The error for a file `datasets` could not parse, naming the flag and the format it expects."""
+    cause = err.__cause__ or err.__context__ or err  # DatasetGenerationError wraps the parser's error
+    detail = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+    return ValueError(f"--{flag} {path} cannot be read ({detail}); it must be {FILE_FORMS[builder]}")
+
+
 def _check_not_empty(path: Path, builder: str, flag: str) -> None:
     """Raise before `datasets` does, with a message that names the file and the flag."""
     if not path.is_file():
@@ -56,19 +82,31 @@ def _check_not_empty(path: Path, builder: str, flag: str) -> None:
     if builder == "parquet":
         import pyarrow.parquet as pq
 
-        if pq.ParquetFile(path).metadata.num_rows == 0:
+        try:
+            num_rows = pq.ParquetFile(path).metadata.num_rows
+        except read_errors() as err:
+            raise unreadable_file(err, path, builder, flag) from err
+        if num_rows == 0:
             raise ValueError(f"--{flag} {path} is empty: it holds no rows")
         return
-    non_blank = 0
+    non_blank, head = 0, ""
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             non_blank += bool(line.strip())
-            if non_blank >= 2:
-                return
+            if len(head) < 5:
+                head += re.sub(r"[\s\ufeff]", "", line)  # the file's first characters that are not blanks
+            if non_blank >= 2 and len(head) >= 5:
+                break
     if non_blank == 0:
         raise ValueError(f"--{flag} {path} is empty: it holds no rows")
-    if builder == "csv":
+    if builder == "csv" and non_blank < 2:
         raise ValueError(f"--{flag} {path} has a header but no data rows")
+    if builder == "json" and head.removeprefix("[").startswith("null"):
+        # pyarrow's JSON reader crashes the process (a segfault, pyarrow 26) on a file whose first record is null
+        raise ValueError(
+            f"--{flag} {path}: its first record is JSON null; every record must be an object such as "
+            '{"text": "..."}'
+        )
 
 
 def load_file(path: str | Path, *, flag: str, cache_dir: str | None = None) -> Dataset:
@@ -78,12 +116,27 @@ def load_file(path: str | Path, *, flag: str, cache_dir: str | None = None) -> D
     path = Path(path)
     builder, kwargs = _builder_for(path, flag)
     _check_not_empty(path, builder, flag)
-    dataset = load_dataset(
-        builder, data_files={"data": str(path)}, split="data", cache_dir=cache_dir, **kwargs
-    )
+    try:
+        dataset = load_dataset(
+            builder, data_files={"data": str(path)}, split="data", cache_dir=cache_dir, **kwargs
+        )
+    except read_errors() as err:
+        raise unreadable_file(err, path, builder, flag) from err
     if len(dataset) == 0:
         raise ValueError(f"--{flag} {path} is empty: it holds no rows")
     return dataset
+
+
+def hold_out(dataset: Dataset, fraction: float, seed: int, *, flag: str, split: str) -> DatasetDict:
+    """`train_test_split` of `fraction` of the rows into "test", with an error naming `--{flag}` when the
+    rows are too few to leave some on both sides."""
+    try:
+        return dataset.train_test_split(test_size=fraction, seed=seed)
+    except ValueError as err:
+        raise ValueError(
+            f"--{flag} leaves no rows for training or none for the {split} split of the {len(dataset)} "
+            f"training rows ({err}): give more rows, a --{split}_file, or --{flag} 0"
+        ) from err
 
 
 def load_raw_splits(data_args: DataArguments, *, require_train: bool = True) -> DatasetDict:
@@ -132,14 +185,24 @@ def load_raw_splits(data_args: DataArguments, *, require_train: bool = True) -> 
 
     if "train" in splits:
         if "test" not in splits and data_args.test_split_fraction > 0:
-            parts = splits["train"].train_test_split(
-                test_size=data_args.test_split_fraction, seed=data_args.split_seed
+            parts = hold_out(
+                splits["train"],
+                data_args.test_split_fraction,
+                data_args.split_seed,
+                flag="test_split_fraction",
+                split="test",
             )
             splits["train"], splits["test"] = parts["train"], parts["test"]
         if "validation" not in splits and data_args.validation_split_fraction > 0:
             # The fraction is of the original training rows, some of which may already be in test.
             fraction = data_args.validation_split_fraction / (1.0 - data_args.test_split_fraction)
-            parts = splits["train"].train_test_split(test_size=fraction, seed=data_args.split_seed)
+            parts = hold_out(
+                splits["train"],
+                fraction,
+                data_args.split_seed,
+                flag="validation_split_fraction",
+                split="validation",
+            )
             splits["train"], splits["validation"] = parts["train"], parts["test"]
     raw = DatasetDict(splits)
     if any(
@@ -243,28 +306,68 @@ def read_texts(
         raise ValueError(f"--{flag} must end in one of {', '.join(TEXT_SUFFIXES)}, got {path.name!r}")
     if not path.is_file():
         raise ValueError(f"--{flag} file not found: {path}")
+    if path.suffix == ".txt" and target_column is not None:
+        raise ValueError("--target-column needs a .csv or .jsonl file; a .txt file holds one text per line")
+    try:
+        rows, fields = _read_rows(path, flag)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--{flag} {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
+        ) from err
     if path.suffix == ".txt":
-        if target_column is not None:
-            raise ValueError(
-                "--target-column needs a .csv or .jsonl file; a .txt file holds one text per line"
-            )
-        rows = [{"text": line.strip()} for line in path.read_text(encoding="utf-8").splitlines()]
         text_column = "text"
-    elif path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     for column, column_flag in ((text_column, text_flag), (target_column, "target-column")):
-        if column is not None and rows and column not in rows[0]:
+        if column is not None and rows and column not in fields:
             raise ValueError(
-                f"--{column_flag} {column!r} is not in {path.name}; its fields are {sorted(rows[0])}"
+                f"--{column_flag} {column!r} is not in {path.name}; its fields are {sorted(fields)}"
             )
-    rows = [r for r in rows if str(r[text_column]).strip()]
+    # a missing cell (a short csv row, a json null or absent key) counts as a blank text
+    rows = [r for r in rows if r.get(text_column) is not None and str(r[text_column]).strip()]
     if max_samples is not None:
         rows = rows[:max_samples]
     if not rows:
         raise ValueError(f"--{flag} {path} holds no non-empty texts")
     texts = [str(r[text_column]) for r in rows]
-    targets = [str(r[target_column]) for r in rows] if target_column is not None else None
-    return texts, targets
+    if target_column is None:
+        return texts, None
+    missing = next((i for i, r in enumerate(rows) if r.get(target_column) is None), None)
+    if missing is not None:
+        raise ValueError(
+            f"--target-column {target_column!r} is empty in text {missing + 1} of {path.name}: every text "
+            "needs a target"
+        )
+    return texts, [str(r[target_column]) for r in rows]
+
+
+def _read_rows(path: Path, flag: str) -> tuple[list[dict], list[str]]:
+    """The rows of a .txt, .csv or .jsonl file and their field names (a BOM is dropped)."""
+    if path.suffix == ".txt":
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        return [{"text": line.strip()} for line in lines], ["text"]
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            try:
+                rows = list(reader)
+            except csv.Error as err:
+                raise ValueError(f"--{flag} {path} is not valid CSV: {err}") from err
+            return rows, list(reader.fieldnames or [])
+    rows = []
+    # split on "\n" only: str.splitlines would also cut at U+2028 and friends, which JSON strings may hold
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"--{flag} {path} line {number} is not valid JSON ({err.msg}); a .jsonl file holds one JSON "
+                "object per line"
+            ) from err
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"--{flag} {path} line {number} holds a JSON {type(row).__name__}, not an object; a .jsonl "
+                'file holds one JSON object per line, such as {"text": "..."}'
+            )
+        rows.append(row)
+    return rows, list(rows[0]) if rows else []

@@ -95,8 +95,36 @@ def _parse_pairs(spec: str) -> list[tuple[int, int]]:
                 f"STUDENT:TEACHER pairs of hidden-state indices such as '0:0,1:2,2:4', "
                 f"or one of {', '.join(KEYWORDS)}"
             )
-        pairs.append((int(match.group(1)), int(match.group(2))))
+        try:
+            pairs.append((int(match.group(1)), int(match.group(2))))
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            raise ValueError(
+                f"layer map token {token.strip()[:40]!r} in {spec[:80]!r}: an index is far out of range; "
+                "hidden-state indices run from 0 (embeddings) to the number of layers"
+            ) from None
     return pairs
+
+
+def _spec_text(spec: str) -> str:
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"a layer map is text (one of {', '.join(KEYWORDS)}, or pairs such as '0:0,1:2'), got "
+            f"{type(spec).__name__} {spec!r}"
+        )
+    return spec.strip()
+
+
+def check_layer_map_syntax(spec: str) -> None:
+    """Raise ValueError unless `spec` is a keyword or well-formed explicit pairs; the index ranges need
+    the layer counts, which `resolve_layer_map` checks once the models are known."""
+    text = _spec_text(spec)
+    if text.lower() in KEYWORDS:
+        return
+    if not text:
+        raise ValueError(
+            f"empty layer map: give STUDENT:TEACHER pairs such as '0:0,1:2' or one of {', '.join(KEYWORDS)}"
+        )
+    _parse_pairs(text)
 
 
 def _validate_pairs(
@@ -136,7 +164,7 @@ def resolve_layer_map(spec: str, num_student_layers: int, num_teacher_layers: in
         never does.
 
     Raises:
-        ValueError: bad syntax, an index out of range, a student layer mapped twice, or a keyword
+        ValueError: bad syntax (or not text at all), an index out of range, a student layer mapped twice, or a keyword
             that cannot apply to these depths (`uniform` / `distilbart` with a student deeper
             than the teacher, any keyword but `none` with zero layers on one side).
     """
@@ -146,7 +174,7 @@ def resolve_layer_map(spec: str, num_student_layers: int, num_teacher_layers: in
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    text = spec.strip()
+    text = _spec_text(spec)
     keyword = text.lower()
     if keyword == "none":
         return []
@@ -212,7 +240,7 @@ def layer_map_for(
             f"or both encoder-decoder (teacher {teacher_config.model_type}, student {student_config.model_type})"
         )
     if t_dec == 0:
-        if decoder.strip().lower() not in KEYWORDS:
+        if _spec_text(decoder).lower() not in KEYWORDS:
             raise ValueError(
                 f"decoder layer map {decoder!r} given, but {teacher_config.model_type} models have no "
                 f"decoder; leave the decoder map at its default"

@@ -12,6 +12,7 @@ Every problem with the data is raised before any training starts, naming the fla
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UNLABELLED = -100  # label of a row only the teacher supervises (ignored by the task loss)
+MAX_CLASS_ID = 1_000_000  # integer labels are class ids; a larger one is a data error, not a real head
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -76,7 +78,13 @@ def _label_kind(raw: DatasetDict, column: str) -> str:
     feature = raw[next(iter(raw))].features[column]
     if isinstance(feature, ClassLabel):
         return "int"
-    dtype = feature.dtype if isinstance(feature, Value) else "string"
+    if not isinstance(feature, Value):
+        # lists, dicts, or (`Json`) values of several types in one column
+        raise ValueError(
+            f"--label_column {column} holds {type(feature).__name__} values, not one string, integer or float "
+            "label per row: give every row a label of one type"
+        )
+    dtype = feature.dtype
     if dtype.startswith("float"):
         return "float"
     if dtype.startswith(("int", "uint", "bool")):
@@ -122,8 +130,10 @@ def resolve_label_space(
         return LabelSpace("regression")
 
     values = sorted({v for split in raw.values() for v in split.unique(column)}, key=str)
-    if any(v is None for v in values):
-        raise ValueError(f"--label_column {column} has empty cells: every row of every split needs a label")
+    if any(v is None or (isinstance(v, float) and not math.isfinite(v)) for v in values):
+        raise ValueError(
+            f"--label_column {column} has empty (or NaN / infinite) cells: every row of every split needs a label"
+        )
     if model_config is not None and has_named_labels(model_config):
         names = tuple(model_config.id2label[i] for i in range(model_config.num_labels))
         if kind == "string":
@@ -143,6 +153,11 @@ def resolve_label_space(
             raise ValueError(
                 f"integer labels in --label_column {column} must be class ids >= 0, got {values[:10]}; "
                 "use string labels or --task_type regression"
+            )
+        if max(ints) >= MAX_CLASS_ID:
+            raise ValueError(
+                f"integer labels in --label_column {column} are class ids, so label {max(ints)} would make a "
+                f"{max(ints) + 1}-way classifier; number the classes 0..K-1 or use string labels"
             )
         names = tuple(str(i) for i in range(max(ints) + 1))
     if kind != "string":

@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ckadistill.data import FILE_BUILDERS, _check_not_empty
+from ckadistill.data import FILE_BUILDERS, _check_not_empty, hold_out, read_errors, unreadable_file
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
@@ -53,14 +53,20 @@ def _load(path: str, flag: str, data_args: DataArguments, *, streaming: bool):
     if builder == "text":
         # a .txt file is its own text column, whatever --text_column says
         kwargs = {**kwargs, "sample_by": "line"}
-    return load_dataset(
-        builder,
-        data_files={"train": str(path)},
-        split="train",
-        streaming=streaming,
-        cache_dir=data_args.data_cache_dir,
-        **kwargs,
-    )
+    try:
+        dataset = load_dataset(
+            builder,
+            data_files={"train": str(path)},
+            split="train",
+            streaming=streaming,
+            cache_dir=data_args.data_cache_dir,
+            **kwargs,
+        )
+    except read_errors() as err:
+        raise unreadable_file(err, path, builder, flag) from err
+    if not streaming and len(dataset) == 0:
+        raise ValueError(f"--{flag} {path} is empty: it holds no rows")
+    return dataset
 
 
 def _column_names(dataset) -> list[str]:
@@ -75,7 +81,13 @@ def _column_names(dataset) -> list[str]:
 
 def text_column_of(dataset, data_args: DataArguments, flag: str) -> str:
     """The column holding the documents: 'text' for .txt files, else `--text_column` (checked)."""
-    columns = _column_names(dataset)
+    try:
+        columns = _column_names(dataset)  # a stream reads its first row here, and may fail on it
+    except read_errors() as err:
+        cause = err.__cause__ or err.__context__ or err
+        raise ValueError(
+            f"--{flag} cannot be read ({type(cause).__name__}: {' '.join(str(cause).split())[:300]})"
+        ) from err
     if not columns:
         raise ValueError(f"--{flag} holds no rows")
     if data_args.text_column in columns:
@@ -121,8 +133,12 @@ def load_corpus(
         if data_args.validation_split_fraction > 0:
             validation, train = train.take(held_out), train.skip(held_out)
     elif data_args.validation_split_fraction > 0:
-        parts = train.train_test_split(
-            test_size=data_args.validation_split_fraction, seed=data_args.split_seed
+        parts = hold_out(
+            train,
+            data_args.validation_split_fraction,
+            data_args.split_seed,
+            flag="validation_split_fraction",
+            split="validation",
         )
         train, validation = parts["train"], parts["test"]
     if streaming:
