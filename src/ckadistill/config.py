@@ -443,6 +443,21 @@ class DistillArguments:
             "help": "Minimise 1 - sqrt(CKA) (the authors' code) instead of 1 - CKA (bounded gradient)."
         },
     )
+    cka_scope: Literal["local", "global"] = field(
+        default="local",
+        metadata={
+            "help": "With several processes: 'local' = each process's CKA over its own micro-batch (DDP averages "
+            "them); 'global' = one CKA over the real tokens of every process's micro-batch, gathered with "
+            "their gradients (the CKA of the global batch; costs one all-gather per layer pair)."
+        },
+    )
+    stop_on_nan: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop at the first non-finite training loss, naming the bad components (task, kd, which "
+            "layer pair) and the step; the last good checkpoint is kept."
+        },
+    )
     cache_teacher: bool = field(
         default=False,
         metadata={
@@ -467,6 +482,8 @@ class DistillArguments:
             raise ValueError(f"--kd_chunk_size must be >= 1 position, got {self.kd_chunk_size}")
         if not self.alpha_pooled >= 0:
             raise ValueError(f"--alpha_pooled must be >= 0, got {self.alpha_pooled}")
+        if self.cka_scope not in ("local", "global"):
+            raise ValueError(f"--cka_scope must be local or global, got {self.cka_scope!r}")
         if self.pooled_loss not in ("auto", "cka", "cosine", "none"):
             raise ValueError(f"--pooled_loss must be auto, cka, cosine or none, got {self.pooled_loss!r}")
         if not 0.0 <= self.mlm_probability < 1.0:

@@ -197,7 +197,9 @@ def train_teacher(args: QuickstartArguments, splits: dict[str, Path], callbacks:
         logger.info("Reusing the cached teacher in %s (--retrain_teacher true to train anew)", final)
         return final
     partial = final.with_name(final.name + ".partial")
-    resume = partial.is_dir() and any(partial.glob("checkpoint-*")) and not args.retrain_teacher
+    from ckadistill.runs import last_complete_checkpoint
+
+    resume = partial.is_dir() and last_complete_checkpoint(partial) is not None and not args.retrain_teacher
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
     logger.info("Fine-tuning the MiniLM teacher into %s%s", partial, " (resuming)" if resume else "")
@@ -249,7 +251,9 @@ def distil_student(
         layer_map="uniform",
         cache_teacher=True,  # one teacher pass instead of one per epoch
     )
-    resume = output.is_dir() and any(output.glob("checkpoint-*"))
+    from ckadistill.runs import last_complete_checkpoint
+
+    resume = output.is_dir() and last_complete_checkpoint(output) is not None
     training = ClassificationTrainingArguments(
         output_dir=str(output),
         num_train_epochs=args.student_epochs,

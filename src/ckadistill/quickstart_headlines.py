@@ -273,7 +273,9 @@ def train_teacher(
         logger.info("Reusing the cached teacher in %s (--retrain_teacher true to train anew)", final)
         return final
     partial = final.with_name(final.name + ".partial")
-    resume = partial.is_dir() and any(partial.glob("checkpoint-*")) and not args.retrain_teacher
+    from ckadistill.runs import last_complete_checkpoint
+
+    resume = partial.is_dir() and last_complete_checkpoint(partial) is not None and not args.retrain_teacher
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
         warm_start_bert2bert(minilm_path(), partial, args.seed)
@@ -334,7 +336,9 @@ def distil_student(
         student_init=args.student_init,
     )
     distill_args = DistillArguments.seq2seq_paper(args.hidden_loss)  # DESIGN.md §1
-    resume = output.is_dir() and any(output.glob("checkpoint-*"))
+    from ckadistill.runs import last_complete_checkpoint
+
+    resume = output.is_dir() and last_complete_checkpoint(output) is not None
     training = TaskTrainingArguments(
         output_dir=str(output),
         num_train_epochs=args.student_epochs,

@@ -8,11 +8,14 @@ model card. Task-specific data, metrics and entry points live in `ckadistill.tas
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import SchedulerType, TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "ckadistill_config.yaml"  # the resolved configuration, beside every saved model
 LAYER_MAP_FILE = "layer_map.json"
@@ -27,11 +30,44 @@ def check_eval_setup(encoded, training_args: TrainingArguments) -> None:
         )
 
 
-def resume_target(value: str | None) -> str | bool | None:
-    """`--resume_from_checkpoint true` (or `last`) means the latest checkpoint in --output_dir."""
-    if value is not None and str(value).lower() in ("true", "last"):
-        return True
-    return value
+def checkpoint_is_complete(folder: str | Path) -> bool:
+    """Whether a Trainer checkpoint was written to the end.
+
+    The Trainer writes the weights, the optimizer and scheduler (and, here, the `mse_proj` projections
+    beside them), the RNG states, and last `trainer_state.json`; a process killed while writing leaves
+    that file missing or cut short, so a folder whose state file parses was finished.
+    """
+    state = Path(folder) / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The `checkpoint-N` folder of `output_dir` with the largest N that was written to the end."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+        if checkpoint_is_complete(folder):
+            return folder
+        logger.warning("Skipping %s: it was not written to the end (the run stopped while saving it)", folder)
+    return None
+
+
+def resume_target(value: str | None, output_dir: str | Path | None = None) -> str | None:
+    """`--resume_from_checkpoint true` (or `last`): the latest complete checkpoint in `output_dir`, never a
+    half-written one (the Trainer's own lookup takes the highest number, finished or not)."""
+    if value is None or str(value).lower() not in ("true", "last"):
+        return value
+    found = last_complete_checkpoint(output_dir) if output_dir is not None else None
+    if found is None:
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: no complete checkpoint-* folder in {output_dir}: "
+            "drop the flag to start afresh, or pass the path of a checkpoint"
+        )
+    logger.info("Resuming from %s", found)
+    return str(found)
 
 
 def training_summary(training_args: TrainingArguments, trainer) -> dict[str, Any]:

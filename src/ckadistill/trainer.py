@@ -35,6 +35,7 @@ accumulation, logging, generation in evaluation) is the Seq2SeqTrainer's own. Wi
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -48,9 +49,9 @@ from transformers.modeling_outputs import (
     Seq2SeqLMOutput,
     SequenceClassifierOutput,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ckadistill.config import DistillArguments
+from ckadistill.distributed import average_gradients, gather_rows
 from ckadistill.losses import (
     IGNORE_INDEX,
     HiddenProjection,
@@ -71,6 +72,10 @@ from ckadistill.teacher_cache import EXAMPLE_ID, TeacherCache
 logger = logging.getLogger(__name__)
 
 PROJECTIONS_FILE = "hidden_projections.safetensors"  # in checkpoint folders only, never in the student
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the components and the step."""
 
 
 def is_regression(config) -> bool:
@@ -204,13 +209,11 @@ class DistillationTrainer(Seq2SeqTrainer):
             raise ValueError(f"no loss term applies to this {self.kind} student: set {what} above 0")
         self.projections: nn.ModuleList | None = None
         if self.uses_hidden and distill_args.hidden_loss == "mse_proj":
-            if self.args.world_size > 1:
-                raise ValueError(
-                    "--hidden_loss mse_proj trains projections outside the student, which data-parallel "
-                    "training would not synchronise: run it in one process, or use --hidden_loss cka"
-                )
             projections = [HiddenProjection(d_s, d_t) for d_s, d_t in widths]  # one per pair, both stacks
             self.projections = nn.ModuleList(projections).to(self.args.device)
+            # The projections live outside the student (so it is saved without them), hence outside DDP:
+            # their gradients are averaged over the processes by hooks, as DDP does for the student's.
+            self._projection_hooks = average_gradients(self.projections)
         self._log_sums: dict[str, Tensor] = {}
         self._log_batches = 0
         self.teacher_cache: TeacherCache | None = None
@@ -385,6 +388,7 @@ class DistillationTrainer(Seq2SeqTrainer):
 
         # Hidden terms: one per layer pair, encoder pairs then decoder pairs.
         ckas: list[Tensor] = []
+        pair_losses: list[Tensor] = []
         if want_hidden:
             if cached:
                 states = self._cached_states(outputs, example_ids, inputs)
@@ -399,6 +403,11 @@ class DistillationTrainer(Seq2SeqTrainer):
         loss = sum(weight * term for weight, term in weighted.values())
         if not isinstance(loss, Tensor):  # every weighted term was off for this batch
             loss = (outputs.last_hidden_state if logits is None else logits).float().sum() * 0.0
+        if model.training and args.stop_on_nan and not bool(torch.isfinite(loss.detach())):
+            pairs = (
+                dict(zip(self.pair_names, pair_losses, strict=True)) if want_hidden and pair_losses else {}
+            )
+            raise NonFiniteLossError(self._non_finite_report(weighted, pairs))
         if model.training:
             record = {f"loss/{name}": term for name, (_, term) in weighted.items()}
             record.update({f"cka/{name}": cka for name, cka in zip(self.pair_names, ckas, strict=True)})
@@ -414,6 +423,32 @@ class DistillationTrainer(Seq2SeqTrainer):
             }[self.kind]
             return loss, output_class(loss=loss, logits=logits)
         return loss
+
+    def _non_finite_report(self, weighted: dict, pairs: dict[str, Tensor]) -> str:
+        """Which loss components went bad at this step, and where the last good checkpoint is."""
+        from ckadistill.runs import last_complete_checkpoint
+
+        values = {name: float(term.detach()) for name, (_, term) in weighted.items() if name != "hidden"}
+        values.update({f"hidden pair {name}": float(term.detach()) for name, term in pairs.items()})
+        if "hidden" in weighted and not pairs:
+            values["hidden"] = float(weighted["hidden"][1].detach())
+        bad = [f"{name} = {value}" for name, value in values.items() if not math.isfinite(value)]
+        good = [f"{name} = {value:.4g}" for name, value in values.items() if math.isfinite(value)]
+        checkpoint = (
+            last_complete_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        )
+        kept = (
+            f"the last good checkpoint is {checkpoint} (resume from it with --resume_from_checkpoint true)"
+            if checkpoint is not None
+            else "no checkpoint had been saved yet"
+        )
+        return (
+            f"the training loss is not finite at step {self.state.global_step + 1}: "
+            f"{', '.join(bad) or 'the weighted sum overflowed'}"
+            f"{' (finite: ' + ', '.join(good) + ')' if good else ''}. Training stopped and nothing was saved "
+            f"after it; {kept}. Lower --learning_rate, clip with --max_grad_norm, or train in fp32/bf16 "
+            "instead of fp16"
+        )
 
     @staticmethod
     def _real_token_labels(inputs: dict) -> Tensor:
@@ -534,6 +569,8 @@ class DistillationTrainer(Seq2SeqTrainer):
         args = self.distill_args
         losses, ckas = [], []
         for k, (x, y) in enumerate(states):
+            if args.cka_scope == "global" and args.hidden_loss in ("cka", "none"):
+                x, y = gather_rows(x), gather_rows(y)  # the rows of every process (no-op in one process)
             if self.uses_hidden and args.hidden_loss == "cka":
                 loss = cka_loss(x, y, sqrt=args.cka_sqrt)
                 gap = 1.0 - loss.detach()
@@ -600,16 +637,14 @@ class DistillationTrainer(Seq2SeqTrainer):
                 optimizer.add_param_group({"params": params, "weight_decay": self.args.weight_decay})
         return optimizer
 
-    def _save_checkpoint(self, model, trial):
-        # Checkpoints carry the projections in a file of their own, so resuming restores them; the
-        # final student directory (save_model) never gets them.
-        super()._save_checkpoint(model, trial)
+    def _save_optimizer_and_scheduler(self, output_dir):
+        # Checkpoints carry the projections in a file of their own, written with the optimizer state (so
+        # before trainer_state.json, which marks a checkpoint finished); the final student directory
+        # (save_model) never gets them.
+        super()._save_optimizer_and_scheduler(output_dir)
         if self.projections is not None and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
             state = {k: v.detach().cpu().contiguous() for k, v in self.projections.state_dict().items()}
-            save_file(state, os.path.join(folder, PROJECTIONS_FILE))
+            save_file(state, os.path.join(output_dir, PROJECTIONS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -41,6 +41,8 @@ def parse(argv: list[str]) -> tuple:
 
 
 def main(argv: list[str]) -> int:
+    from ckadistill.trainer import NonFiniteLossError
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         model_args, data_args, distill_args, training_args, generation_args = parse(argv)
@@ -60,6 +62,9 @@ def main(argv: list[str]) -> int:
         logger.debug("distill failed", exc_info=True)
         print(f"ckadistill distill: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"ckadistill distill: stopped: {err}", file=sys.stderr)
+        return 1
     print(f"Student saved to {training_args.output_dir}")
     for key in sorted(metrics):
         if key.startswith(("eval_", "test_", "teacher_")) and not key.endswith(("runtime", "_per_second")):

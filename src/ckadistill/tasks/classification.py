@@ -175,7 +175,9 @@ def run_finetune(
         compute_metrics=build_compute_metrics(labels.task),
         callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(
+        resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
     metrics = {**result.metrics, **_evaluate_splits(trainer, encoded)}
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))
@@ -334,7 +336,9 @@ def run_distill(
         layer_pairs=pairs,
         callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(
+        resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
 
     # Evaluate student and teacher on the same splits.
     metrics = {**result.metrics, **_evaluate_splits(trainer, encoded)}

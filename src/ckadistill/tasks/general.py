@@ -396,7 +396,9 @@ def run_distill(
         pooling=pooling,
         callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(
+        resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
     metrics = dict(result.metrics)
     if "validation" in encoded:
         metrics.update(trainer.evaluate(encoded["validation"], metric_key_prefix="eval"))

@@ -264,7 +264,9 @@ def run_finetune(
         callbacks=list(callbacks),
         optimizers=(optimizer, None),  # the Trainer builds the schedule over every group
     )
-    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(
+        resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
     metrics = {**result.metrics, **_final_losses(trainer, encoded)}
     metrics.update(
         score_splits(trainer.model, tokenizer, raw, data_args, generation_args, prefix=prefix, bos=bos)
@@ -430,7 +432,9 @@ def run_distill(
         decoder_layer_pairs=list(layer_map.decoder),
         callbacks=list(callbacks),
     )
-    result = trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
+    result = trainer.train(
+        resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
 
     # Score student and teacher on the same splits, decoding the same way.
     metrics = {**result.metrics, **_final_losses(trainer, encoded)}
