@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ckadistill.commands.pseudo_label",
         "Write a seq2seq teacher's outputs for a data file (sequence-level KD targets).",
     ),
+    "trim-vocab": (
+        "ckadistill.commands.trim_vocab",
+        "Shrink a model's vocabulary (embeddings + tokenizer) to the tokens a task's text uses.",
+    ),
 }
 
 
