@@ -183,7 +183,9 @@ def general_student(paths, out: Path, shape: str, seed: int, args) -> Path:
             max_length=64,
             max_train_samples=args.corpus_sentences,
         ),
-        DistillArguments(cache_teacher=True, cache_teacher_max_gb=12.0),
+        DistillArguments(
+            cache_teacher=True, cache_teacher_max_gb=12.0, cache_teacher_dir=args.teacher_cache_dir
+        ),
         TaskTrainingArguments(
             output_dir=str(out),
             num_train_epochs=args.general_epochs,
@@ -230,6 +232,7 @@ def classification_student(
     labelled: float,
     epochs: float,
     max_length: int,
+    cache_dir: str | None = None,
 ) -> dict:
     from ckadistill.tasks.classification import run_distill
 
@@ -250,7 +253,7 @@ def classification_student(
             labelled_fraction=labelled,
             augment=augment,
         ),
-        DistillArguments(cache_teacher=True),
+        DistillArguments(cache_teacher=True, cache_teacher_dir=cache_dir),
         TaskTrainingArguments(
             output_dir=str(out),
             num_train_epochs=epochs,
@@ -374,6 +377,12 @@ def main() -> None:
         choices=list(STARTS),
         help="Starts of the transfer part (the others can run meanwhile in a second process).",
     )
+    parser.add_argument(
+        "--teacher_cache_dir",
+        default=None,
+        help="Keep teachers' outputs here so runs over the same teacher and data share one teacher pass "
+        "(default: <output_dir>/teacher-outputs).",
+    )
     parser.add_argument("--table_only", action="store_true")
     args = parser.parse_args()
     results_file = Path(args.results)
@@ -384,6 +393,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.WARNING)
     out = Path(args.output_dir)
+    args.teacher_cache_dir = args.teacher_cache_dir or str(out / "teacher-outputs")
     paths = write_data(out / "data")
     results_file.parent.mkdir(parents=True, exist_ok=True)
     done = {
@@ -449,6 +459,7 @@ def main() -> None:
                         teacher, files, out / "headlines" / f"{r}-s{e}", start=st,
                         general=general_student(paths, general[("2x128", e)], "2x128", e, args) if st == "general" else None,
                         seed=e, augment=a, labelled=1.0, epochs=args.headline_epochs, max_length=32,
+                        cache_dir=args.teacher_cache_dir,
                     ),
                 )  # fmt: skip
 
@@ -465,6 +476,7 @@ def main() -> None:
                             teacher, split_files, out / "transfer" / f"{st}-l{lab:g}-s{e}", start=st,
                             general=general_student(paths, general[("2x128", e)], "2x128", e, args) if st == "general" else None,
                             seed=e, augment=0, labelled=lab, epochs=args.transfer_epochs, max_length=quick.max_length,
+                            cache_dir=args.teacher_cache_dir,
                         ),
                     )  # fmt: skip
     print(summarise(results))

@@ -24,16 +24,23 @@ def encoded(tokenizer) -> Dataset:
     )
 
 
-def trainer_for(tokenizer, tmp_path, *, cache: bool, level: str = "token") -> DistillationTrainer:
+def trainer_for(
+    tokenizer, tmp_path, *, cache: bool, level: str = "token", cache_dir=None, dataset=None, teacher_seed=0
+) -> DistillationTrainer:
     args = ClassificationTrainingArguments(output_dir=str(tmp_path), eval_strategy="no", use_cpu=True)
     return DistillationTrainer(
         model=quiet_bert(tokenizer, hidden=16, layers=2, seed=1),
         args=args,
-        train_dataset=encoded(tokenizer),
+        train_dataset=encoded(tokenizer) if dataset is None else dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
-        teacher=quiet_bert(tokenizer),
+        teacher=quiet_bert(tokenizer, seed=teacher_seed),
         distill_args=DistillArguments(
-            alpha_task=0.5, alpha_kd=1.0, alpha_hidden=1.0, cache_teacher=cache, hidden_level=level
+            alpha_task=0.5,
+            alpha_kd=1.0,
+            alpha_hidden=1.0,
+            cache_teacher=cache,
+            hidden_level=level,
+            cache_teacher_dir=None if cache_dir is None else str(cache_dir),
         ),
         layer_pairs=PAIRS,
     )
@@ -85,3 +92,35 @@ def test_cache_too_large_is_refused(tokenizer, tmp_path):
             distill_args=DistillArguments(cache_teacher=True, cache_teacher_max_gb=1e-9),
             layer_pairs=PAIRS,
         )
+
+
+def test_cache_on_disk_is_reused_only_for_the_same_teacher_data_and_layers(tokenizer, tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    first = trainer_for(tokenizer, tmp_path, cache=True, cache_dir=folder).teacher_cache
+    files = list(folder.glob("teacher-outputs-*.safetensors"))
+    assert len(files) == 1 and not list(folder.glob("*.partial"))
+
+    built = []
+    real_build = TeacherCache.build.__func__
+
+    def counting_build(cls, *args, **kwargs):
+        built.append(1)
+        return real_build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(TeacherCache, "build", classmethod(counting_build))
+    again = trainer_for(tokenizer, tmp_path, cache=True, cache_dir=folder).teacher_cache
+    assert built == []  # read back, not recomputed
+    ids = torch.arange(len(SENTENCES))
+    assert torch.equal(again.logits(ids), first.logits(ids))
+    assert torch.equal(again.hidden_rows(4, ids), first.hidden_rows(4, ids))
+
+    # Another teacher, or other rows, get a file of their own.
+    trainer_for(tokenizer, tmp_path, cache=True, cache_dir=folder, teacher_seed=5)
+    fewer = encoded(tokenizer).select(range(6))
+    trainer_for(tokenizer, tmp_path, cache=True, cache_dir=folder, dataset=fewer)
+    assert built == [1, 1] and len(list(folder.glob("teacher-outputs-*.safetensors"))) == 3
+
+
+def test_cache_dir_needs_the_cache():
+    with pytest.raises(ValueError, match="--cache_teacher true"):
+        DistillArguments(cache_teacher_dir="somewhere")

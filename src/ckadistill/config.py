@@ -466,6 +466,14 @@ class DistillArguments:
             "tokens × teacher width × mapped teacher layers × 2 bytes."
         },
     )
+    cache_teacher_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --cache_teacher: also keep the teacher's outputs in this folder, under a digest of the "
+            "teacher's weights, the training rows and the layers, so later runs on the same three (other "
+            "seeds or student shapes, a resumed run) read them instead of running the teacher again."
+        },
+    )
     cache_teacher_max_gb: float = field(
         default=8.0,
         metadata={"help": "Refuse --cache_teacher when the cache would exceed this many GiB."},
@@ -482,6 +490,8 @@ class DistillArguments:
             raise ValueError(f"--kd_chunk_size must be >= 1 position, got {self.kd_chunk_size}")
         if not self.alpha_pooled >= 0:
             raise ValueError(f"--alpha_pooled must be >= 0, got {self.alpha_pooled}")
+        if self.cache_teacher_dir and not self.cache_teacher:
+            raise ValueError("--cache_teacher_dir keeps the teacher cache on disk: add --cache_teacher true")
         if self.cka_scope not in ("local", "global"):
             raise ValueError(f"--cka_scope must be local or global, got {self.cka_scope!r}")
         if self.pooled_loss not in ("auto", "cka", "cosine", "none"):

@@ -5,15 +5,23 @@ example are the same in every epoch. For small students the teacher's forward pa
 distillation step; one pass over the training set, kept in memory, removes it from every later step.
 
 Each mapped teacher layer is stored as one `(N, d_t)` fp16 tensor of the real tokens of all training
-examples, concatenated in dataset order, with per-example offsets; logits are kept in fp32.
+examples, concatenated in dataset order, with per-example offsets; logits are kept in fp32. With
+`--cache_teacher_dir` the cache is also written to disk under a digest of the teacher's weights, the
+training rows and the layers, and read back by any later run with the same three (other seeds, other
+student shapes that map the same layers, a resumed run).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -101,6 +109,46 @@ class TeacherCache:
             cache.nbytes / 2**20,
         )
         return cache
+
+    # ---- on disk: one build serves every run over the same teacher and data (seeds, sweeps) -------
+
+    @staticmethod
+    def key(teacher, dataset, layers: Sequence[int]) -> str:
+        """A digest of everything the cached values depend on: the teacher's weights and config, the
+        tokenised training rows, and the layers kept. Any change gives another key, so a stale file is
+        never read."""
+        digest = hashlib.sha256()
+        digest.update(teacher.config.to_json_string(use_diff=False).encode())
+        for name, tensor in sorted(teacher.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+        for column in columns:
+            digest.update(column.encode())
+            for row in dataset[column]:
+                digest.update(np.asarray(row, dtype=np.int64).tobytes())
+                digest.update(b"|")
+        digest.update(repr(sorted(int(i) for i in layers)).encode())
+        digest.update(str(STORAGE_DTYPE).encode())
+        return digest.hexdigest()[:20]
+
+    def save(self, path: str | Path) -> None:
+        """Write the cache as one safetensors file; written beside and renamed, so never half-written."""
+        tensors = {"logits": self._logits.contiguous(), "offsets": self._offsets.contiguous()}
+        tensors.update({f"layer.{i}": s.contiguous() for i, s in self._states.items()})
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        save_file(tensors, str(partial))
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TeacherCache:
+        tensors = load_file(str(path))
+        states = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
+        return cls(tensors["logits"], dict(sorted(states.items())), tensors["offsets"])
+
+    # ---- reading -------------------------------------------------------------------------------
 
     def logits(self, example_ids: Tensor) -> Tensor:
         """`(B, C)` fp32 teacher logits of the given rows."""

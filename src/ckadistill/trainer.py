@@ -314,7 +314,14 @@ class DistillationTrainer(Seq2SeqTrainer):
                 f"--cache_teacher_max_gb {self.distill_args.cache_teacher_max_gb}: raise the limit, shorten "
                 "--max_length, use fewer layer pairs, or drop --cache_teacher"
             )
-        return TeacherCache.build(
+        path = None
+        if self.distill_args.cache_teacher_dir:
+            key = TeacherCache.key(self.teacher, dataset, layers)
+            path = os.path.join(self.distill_args.cache_teacher_dir, f"teacher-outputs-{key}.safetensors")
+            if os.path.isfile(path):
+                logger.info("Reading the teacher's outputs from %s", path)
+                return TeacherCache.load(path)
+        cache = TeacherCache.build(
             self.teacher,
             dataset,
             self.data_collator,
@@ -322,6 +329,10 @@ class DistillationTrainer(Seq2SeqTrainer):
             batch_size=self.args.per_device_eval_batch_size,
             device=self.args.device,
         )
+        if path is not None and self.args.should_save:
+            cache.save(path)
+            logger.info("Saved the teacher's outputs to %s for later runs", path)
+        return cache
 
     def _set_signature_columns_if_needed(self):
         # The Trainer drops dataset columns the model's forward does not take; the cache needs the row ids.
