@@ -64,6 +64,7 @@ def low_label_teacher(splits: dict[str, Path], cache: Path, epochs: float) -> Pa
     if (final / "config.json").is_file():
         return final
     training = ClassificationTrainingArguments(
+        overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
         output_dir=str(final),
         num_train_epochs=epochs,
         learning_rate=1e-4,
@@ -99,6 +100,7 @@ def run_one(teacher: Path, splits, out: Path, *, regime: str, init: str, loss: s
             cache_teacher=True,
         ),
         ClassificationTrainingArguments(
+            overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
             output_dir=str(out),
             num_train_epochs=args.epochs,
             learning_rate=args.learning_rate,

@@ -39,6 +39,7 @@ def distil(teacher: Path, train: Path, out: Path, *, cache: bool, args) -> tuple
         DataArguments(train_file=str(train), max_train_samples=args.rows, max_length=args.max_length),
         DistillArguments(cache_teacher=cache),
         ClassificationTrainingArguments(
+            overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
             output_dir=str(out),
             num_train_epochs=args.epochs,
             eval_strategy="no",

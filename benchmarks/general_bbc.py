@@ -187,6 +187,7 @@ def general_student(paths, out: Path, shape: str, seed: int, args) -> Path:
             cache_teacher=True, cache_teacher_max_gb=12.0, cache_teacher_dir=args.teacher_cache_dir
         ),
         TaskTrainingArguments(
+            overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
             output_dir=str(out),
             num_train_epochs=args.general_epochs,
             learning_rate=args.general_learning_rate,
@@ -255,6 +256,7 @@ def classification_student(
         ),
         DistillArguments(cache_teacher=True, cache_teacher_dir=cache_dir),
         TaskTrainingArguments(
+            overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
             output_dir=str(out),
             num_train_epochs=epochs,
             learning_rate=5e-4,
@@ -284,6 +286,7 @@ def headline_teacher(files: dict, out: Path) -> Path:
                 train_file=str(files["train"]), validation_file=str(files["validation"]), max_length=32
             ),
             TaskTrainingArguments(
+                overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
                 output_dir=str(out),
                 num_train_epochs=10,
                 learning_rate=1e-4,

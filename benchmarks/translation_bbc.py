@@ -210,6 +210,7 @@ def train_teacher(splits: dict[str, Path], folder: Path, args) -> Path:
         FinetuneModelArguments(model_name_or_path=str(partial)),
         data_args(splits),
         TaskTrainingArguments(
+            overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
             output_dir=str(partial),
             num_train_epochs=args.teacher_epochs,
             learning_rate=args.teacher_learning_rate,
@@ -248,6 +249,7 @@ def distil(teacher: Path, splits, out: Path, *, init: str, loss: str, seed: int,
         data_args(splits),
         DistillArguments.seq2seq_paper(loss),
         TaskTrainingArguments(
+            overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
             output_dir=str(out),
             num_train_epochs=args.student_epochs,
             learning_rate=args.student_learning_rate,

@@ -136,3 +136,18 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
     steps = json.loads((killed / "trainer_state.json").read_text())["global_step"]
     assert steps == 40
+
+
+def test_a_folder_holding_files_is_refused_before_any_work_and_left_untouched(
+    teacher_dir, train_csv, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    argv = distill_argv(teacher_dir, train_csv, out, *SHAPES["cka"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds files (notes.txt)" in err and "--overwrite_output_dir true" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert main([*argv, "--overwrite_output_dir", "true"]) == 0  # written into; nothing else deleted
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine" and (out / "model.safetensors").is_file()

@@ -593,6 +593,13 @@ class TaskTrainingArguments(Seq2SeqTrainingArguments):
     report_to: str | None = field(
         default="none", metadata={"help": "Logging backends: 'none', 'tensorboard', 'wandb', ... or 'all'."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into an --output_dir that already holds files (files of the same name are replaced; "
+            "nothing else is deleted). Without it such a folder is refused before any work."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

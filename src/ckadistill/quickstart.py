@@ -204,6 +204,7 @@ def train_teacher(args: QuickstartArguments, splits: dict[str, Path], callbacks:
         shutil.rmtree(partial, ignore_errors=True)
     logger.info("Fine-tuning the MiniLM teacher into %s%s", partial, " (resuming)" if resume else "")
     training = ClassificationTrainingArguments(
+        overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
         output_dir=str(partial),
         num_train_epochs=args.teacher_epochs,
         learning_rate=args.teacher_learning_rate,
@@ -255,6 +256,7 @@ def distil_student(
 
     resume = output.is_dir() and last_complete_checkpoint(output) is not None
     training = ClassificationTrainingArguments(
+        overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
         output_dir=str(output),
         num_train_epochs=args.student_epochs,
         learning_rate=args.student_learning_rate,

@@ -281,6 +281,7 @@ def train_teacher(
         warm_start_bert2bert(minilm_path(), partial, args.seed)
     logger.info("Fine-tuning the bert2bert teacher into %s%s", partial, " (resuming)" if resume else "")
     training = TaskTrainingArguments(
+        overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
         output_dir=str(partial),
         num_train_epochs=args.teacher_epochs,
         learning_rate=args.teacher_learning_rate,
@@ -340,6 +341,7 @@ def distil_student(
 
     resume = output.is_dir() and last_complete_checkpoint(output) is not None
     training = TaskTrainingArguments(
+        overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
         output_dir=str(output),
         num_train_epochs=args.student_epochs,
         learning_rate=args.student_learning_rate,

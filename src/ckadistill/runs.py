@@ -30,6 +30,22 @@ def check_eval_setup(encoded, training_args: TrainingArguments) -> None:
         )
 
 
+def check_output_dir(training_args: TrainingArguments) -> None:
+    """Refuse, before any work, to write into a folder that already holds files, unless the run resumes
+    from it or --overwrite_output_dir says so (nothing is ever deleted here)."""
+    out = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint or getattr(training_args, "overwrite_output_dir", False):
+        return
+    if out.is_dir() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise ValueError(
+            f"--output_dir {out} already holds files ({shown}): pass --overwrite_output_dir true to write "
+            "into it (files of the same name are replaced), --resume_from_checkpoint true to continue the "
+            "run it holds, or choose another folder"
+        )
+
+
 def checkpoint_is_complete(folder: str | Path) -> bool:
     """Whether a Trainer checkpoint was written to the end.
 

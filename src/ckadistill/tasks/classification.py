@@ -30,6 +30,7 @@ from ckadistill.metrics import count_parameters, measure_throughput
 from ckadistill.model_card import write_model_card
 from ckadistill.runs import (
     check_eval_setup,
+    check_output_dir,
     resume_target,
     save_run_files,
     training_summary,
@@ -136,6 +137,7 @@ def run_finetune(
         Trainer,
     )
 
+    check_output_dir(training_args)
     set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.packaged import packaged_model_path
@@ -281,6 +283,7 @@ def run_distill(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+    check_output_dir(training_args)
     set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for

@@ -46,6 +46,7 @@ from ckadistill.metrics import count_parameters
 from ckadistill.model_card import write_model_card
 from ckadistill.runs import (
     check_eval_setup,
+    check_output_dir,
     resume_target,
     save_run_files,
     training_summary,
@@ -337,6 +338,7 @@ def run_distill(
     """
     from transformers import AutoTokenizer
 
+    check_output_dir(training_args)
     set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for

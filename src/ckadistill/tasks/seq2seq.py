@@ -42,6 +42,7 @@ from ckadistill.metrics import count_parameters
 from ckadistill.model_card import write_model_card
 from ckadistill.runs import (
     check_eval_setup,
+    check_output_dir,
     resume_target,
     save_run_files,
     training_summary,
@@ -219,6 +220,7 @@ def run_finetune(
     """
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
+    check_output_dir(training_args)
     set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     # Data (columns checked before the model loads), model, tokenizer (language codes set), prefix.
@@ -367,6 +369,7 @@ def run_distill(
     """
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
+    check_output_dir(training_args)
     set_seed(training_args.seed)  # before any model is built: new heads start the same every run
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for
