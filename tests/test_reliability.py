@@ -151,3 +151,28 @@ def test_a_folder_holding_files_is_refused_before_any_work_and_left_untouched(
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert main([*argv, "--overwrite_output_dir", "true"]) == 0  # written into; nothing else deleted
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine" and (out / "model.safetensors").is_file()
+
+
+def test_make_student_and_cka_map_refuse_a_taken_output_and_a_folder_without_weights(
+    teacher_dir, train_csv, tmp_path, capsys
+):
+    from ckadistill.commands.cka_map import main as cka_map_main
+    from ckadistill.commands.make_student import main as make_student_main
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("x", encoding="utf-8")
+    empty_model = tmp_path / "no_weights"
+    empty_model.mkdir()
+    (empty_model / "config.json").write_text("{}", encoding="utf-8")
+    student = ["--layers", "2", "--hidden-size", "16"]
+    assert make_student_main(["--teacher", str(teacher_dir), "--output", str(taken), *student]) == 2
+    assert "already holds files (keep.txt)" in capsys.readouterr().err
+    assert make_student_main(["--teacher", str(empty_model), "--output", str(tmp_path / "s"), *student]) == 2
+    assert "holds no weights" in capsys.readouterr().err
+    maps = ["--data", str(train_csv), "--output", str(taken)]
+    assert cka_map_main(["--teacher", str(teacher_dir), "--student", str(teacher_dir), *maps]) == 2
+    assert "--overwrite-output-dir" in capsys.readouterr().err
+    assert cka_map_main(["--teacher", str(empty_model), "--student", str(teacher_dir), *maps]) == 2
+    assert "holds no weights" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]

@@ -105,6 +105,9 @@ def test_cli_pca_reads_init_data(tokenizer, sentences, tmp_path, capsys):
     data.write_text("\n".join(sentences) + "\n\n", encoding="utf-8")
     argv = ["--teacher", str(teacher_dir), "--output", str(out), "--hidden-size", "16", "--layers", "2"]
     assert make_student_main([*argv, "--init", "pca", "--init-data", str(data)]) == 0
+    assert make_student_main([*argv, "--init", "pca", "--init-data", str(data)]) == 2  # output now taken
+    assert "--overwrite-output-dir" in capsys.readouterr().err
+    argv.append("--overwrite-output-dir")
     student, loading = tf.AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not loading["missing_keys"] and not loading["unexpected_keys"]
     assert student.config.ckadistill["pca"]["texts"] == len(sentences)

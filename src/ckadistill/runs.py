@@ -30,19 +30,50 @@ def check_eval_setup(encoded, training_args: TrainingArguments) -> None:
         )
 
 
-def check_output_dir(training_args: TrainingArguments) -> None:
-    """Refuse, before any work, to write into a folder that already holds files, unless the run resumes
-    from it or --overwrite_output_dir says so (nothing is ever deleted here)."""
-    out = Path(training_args.output_dir)
-    if training_args.resume_from_checkpoint or getattr(training_args, "overwrite_output_dir", False):
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def check_folder_is_free(
+    folder: str | Path, flag: str, *, overwrite: bool, overwrite_flag: str = "--overwrite_output_dir true"
+) -> None:
+    """Refuse, before any work, to write into a folder that already holds files unless `overwrite`
+    (nothing is ever deleted here; files of the same name are replaced)."""
+    out = Path(folder)
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
         return
-    if out.is_dir() and any(out.iterdir()):
-        names = sorted(p.name for p in out.iterdir())
-        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    names = sorted(p.name for p in out.iterdir())
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    raise ValueError(
+        f"{flag} {out} already holds files ({shown}): pass {overwrite_flag} to write into it (files of the "
+        "same name are replaced), or choose another folder"
+    )
+
+
+def check_output_dir(training_args: TrainingArguments) -> None:
+    """`check_folder_is_free` for a training run's --output_dir; resuming from it is writing into it."""
+    if training_args.resume_from_checkpoint:
+        return
+    try:
+        check_folder_is_free(
+            training_args.output_dir,
+            "--output_dir",
+            overwrite=getattr(training_args, "overwrite_output_dir", False),
+        )
+    except ValueError as err:
+        raise ValueError(f"{err}; or --resume_from_checkpoint true to continue the run it holds") from None
+
+
+def check_model_folder(path: str | Path, flag: str) -> None:
+    """A local model folder must hold weights; hub ids (no such folder here) are left to the loader."""
+    folder = Path(path)
+    if not folder.is_dir():
+        if folder.suffix or folder.is_absolute() or str(path).startswith("."):
+            raise ValueError(f"{flag} {path}: no such folder")
+        return  # a hub id such as 'bert-base-uncased'
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
         raise ValueError(
-            f"--output_dir {out} already holds files ({shown}): pass --overwrite_output_dir true to write "
-            "into it (files of the same name are replaced), --resume_from_checkpoint true to continue the "
-            "run it holds, or choose another folder"
+            f"{flag} {path} holds no weights (model.safetensors or pytorch_model.bin): point it at a folder "
+            "written by save_pretrained"
         )
 
 

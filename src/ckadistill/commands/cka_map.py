@@ -62,6 +62,13 @@ def build_parser(prog: str = "ckadistill cka-map") -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
     )
+    parser.add_argument(
+        "--overwrite-output-dir",
+        "--overwrite_output_dir",
+        dest="overwrite_output_dir",
+        action="store_true",
+        help="Write into an --output folder that already holds files (nothing else in it is deleted).",
+    )
     return parser
 
 
@@ -100,8 +107,21 @@ def main(argv: list[str]) -> int:
     from ckadistill.analysis import layer_cka_matrix, save_cka_csv, save_cka_heatmap
     from ckadistill.families import get_family, read_field
     from ckadistill.layer_maps import layer_map_for
+    from ckadistill.runs import check_folder_is_free, check_model_folder
 
-    # Phase 1: layer maps, vocabularies and data, checked before any weights load.
+    # Phase 1: folders, layer maps, vocabularies and data, checked before any weights load.
+    try:
+        check_model_folder(args.teacher, "--teacher")
+        check_model_folder(args.student, "--student")
+        check_folder_is_free(
+            args.output,
+            "--output",
+            overwrite=args.overwrite_output_dir,
+            overwrite_flag="--overwrite-output-dir",
+        )
+    except ValueError as err:
+        print(f"ckadistill cka-map: error: {err}", file=sys.stderr)
+        return 2
     teacher_config = AutoConfig.from_pretrained(args.teacher)
     student_config = AutoConfig.from_pretrained(args.student)
     try:

@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="How many --init-data texts --init pca measures (the first ones; 0: every text).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random initialisation.")
+    parser.add_argument(
+        "--overwrite-output-dir",
+        "--overwrite_output_dir",
+        dest="overwrite_output_dir",
+        action="store_true",
+        help="Write into an --output folder that already holds files (nothing else in it is deleted).",
+    )
     return parser
 
 
@@ -66,9 +73,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ckadistill.runs import check_folder_is_free, check_model_folder
     from ckadistill.students import create_student
 
     try:
+        check_model_folder(args.teacher, "--teacher")
+        check_folder_is_free(
+            args.output,
+            "--output",
+            overwrite=args.overwrite_output_dir,
+            overwrite_flag="--overwrite-output-dir",
+        )
         out = create_student(
             args.teacher,
             args.output,
