@@ -71,6 +71,8 @@ def read_errors() -> tuple[type[Exception], ...]:
 def unreadable_file(err: Exception, path: Path, builder: str, flag: str) -> ValueError:
     """The error for a file `datasets` could not parse, naming the flag and the format it expects."""
     cause = err.__cause__ or err.__context__ or err  # DatasetGenerationError wraps the parser's error
+    if "corresponds to no data" in str(cause):  # `datasets` read no record at all (`[]`, `{}`)
+        return ValueError(f"--{flag} {path} is empty: it holds no rows")
     detail = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
     return ValueError(f"--{flag} {path} cannot be read ({detail}); it must be {FILE_FORMS[builder]}")
 
@@ -89,23 +91,61 @@ def _check_not_empty(path: Path, builder: str, flag: str) -> None:
         if num_rows == 0:
             raise ValueError(f"--{flag} {path} is empty: it holds no rows")
         return
-    non_blank, head = 0, ""
+    non_blank, head, first = 0, "", ""
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             non_blank += bool(line.strip())
-            if len(head) < 5:
+            first = first or line.strip().lstrip("\ufeff")  # the first line that is not blank
+            if len(head) < 10:
                 head += re.sub(r"[\s\ufeff]", "", line)  # the file's first characters that are not blanks
-            if non_blank >= 2 and len(head) >= 5:
+            if non_blank >= 2 and len(head) >= 10:
                 break
     if non_blank == 0:
         raise ValueError(f"--{flag} {path} is empty: it holds no rows")
     if builder == "csv" and non_blank < 2:
         raise ValueError(f"--{flag} {path} has a header but no data rows")
-    if builder == "json" and head.removeprefix("[").startswith("null"):
-        # pyarrow's JSON reader crashes the process (a segfault, pyarrow 26) on a file whose first record is null
+    if builder == "json":
+        _check_json_records(path, first, head, flag)
+
+
+def _check_json_records(path: Path, first: str, head: str, flag: str) -> None:
+    """Refuse the JSON records that crash the whole process (a segfault in pyarrow 26's JSON reader, which
+    `datasets` uses) before `datasets` sees them.
+
+    pyarrow crashes when a block it parses starts with `null`: the file's first record, the first line
+    of a later 10 MB block, or a first record that `datasets` rewrites into `null` (NaN, Infinity) when
+    the records mix types. So the first record must be an object (the first element of a JSON list must
+    not be null or NaN), and no line of JSON Lines may start with `null` (one pass over the bytes, at
+    memory speed; a JSON list is parsed as one block, so only its first element matters).
+    """
+    where, what = None, "a bare JSON null"
+    if head.startswith("["):  # one JSON list of records (.json)
+        if head[1:].startswith(("null", "NaN", "Infinity", "-Infinity")):
+            where, what = "its first record", "null or NaN"
+    else:
+        try:
+            record = json.loads(first)
+        except ValueError:  # not one record per line (a multi-line object) or broken: `datasets` says which
+            record = {}
+        if not isinstance(record, dict):
+            kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(record), "a number")
+            kind = "null" if record is None else kind
+            where, what = "its first record", f"{kind} ({first[:20]}), not a JSON object"
+    if where is None and not head.startswith("["):
+        seen, tail = 0, b""  # newlines before this chunk; the last bytes of the previous one
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                block = tail + chunk
+                at = block.find(b"\nnull")
+                if at >= 0:
+                    line = seen - tail.count(b"\n") + block.count(b"\n", 0, at) + 2
+                    where = f"line {line}"
+                    break
+                seen += chunk.count(b"\n")
+                tail = block[-4:]
+    if where is not None:
         raise ValueError(
-            f"--{flag} {path}: its first record is JSON null; every record must be an object such as "
-            '{"text": "..."}'
+            f'--{flag} {path}: {where} is {what}; every record must be an object such as {{"text": "..."}}'
         )
 
 

@@ -83,7 +83,7 @@ def text_column_of(dataset, data_args: DataArguments, flag: str) -> str:
     """The column holding the documents: 'text' for .txt files, else `--text_column` (checked)."""
     try:
         columns = _column_names(dataset)  # a stream reads its first row here, and may fail on it
-    except read_errors() as err:
+    except (*read_errors(), TypeError, KeyError) as err:  # a stream's reader raises them unwrapped
         cause = err.__cause__ or err.__context__ or err
         raise ValueError(
             f"--{flag} cannot be read ({type(cause).__name__}: {' '.join(str(cause).split())[:300]})"
