@@ -176,3 +176,32 @@ def test_make_student_and_cka_map_refuse_a_taken_output_and_a_folder_without_wei
     assert cka_map_main(["--teacher", str(empty_model), "--student", str(teacher_dir), *maps]) == 2
     assert "holds no weights" in capsys.readouterr().err
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+
+
+def test_distill_refuses_a_teacher_without_weights_or_of_an_unknown_family(train_csv, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import build_tokenizer
+
+    tok = build_tokenizer()
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}", encoding="utf-8")
+    argv = distill_argv(no_weights, train_csv, tmp_path / "out", *SHAPES["cka"])
+    assert main(argv) == 2
+    assert "--teacher" in (err := capsys.readouterr().err) and "holds no weights" in err
+    gpt = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tok))).save_pretrained(gpt)
+    tok.save_pretrained(gpt)
+    assert main(distill_argv(gpt, train_csv, tmp_path / "out", *SHAPES["cka"])) == 2
+    assert "model type 'gpt2' is not supported" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_quickstart_refuses_a_folder_of_another_kind(tmp_path, capsys):
+    from ckadistill.commands.quickstart import main as quickstart_main
+
+    (tmp_path / "thesis.tex").write_text("x", encoding="utf-8")
+    assert quickstart_main(["--output_dir", str(tmp_path), "--fast"]) == 2
+    assert "already holds files of another kind (thesis.tex)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]

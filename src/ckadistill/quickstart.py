@@ -326,6 +326,24 @@ def write_report(
     return path
 
 
+JOB_FOLDERS = ("data", "report", "student", "teacher")  # what a quickstart run leaves in its --output_dir
+
+
+def check_job_folder(output: Path) -> None:
+    """A quickstart writes into its own folder, and reruns into the same one; a folder holding other
+    things (and none of a previous run's) is refused before any work, so nothing of the user's is mixed
+    with the job's files."""
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    names = sorted(p.name for p in output.iterdir())
+    if not any(name in JOB_FOLDERS for name in names):
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise ValueError(
+            f"--output_dir {output} already holds files of another kind ({shown}): point it at an empty "
+            "folder or at the folder of a previous quickstart run"
+        )
+
+
 def run_quickstart(args: QuickstartArguments) -> dict:
     """Run every phase; returns the evaluation rows (teacher first), the report's path and phase times."""
     from ckadistill.bbc import write_splits
@@ -339,6 +357,7 @@ def run_quickstart(args: QuickstartArguments) -> dict:
     if args.fast:
         logger.warning("Smoke run (--fast): %s", FAST_NOTE)
     output = Path(args.output_dir)
+    check_job_folder(output)
     report_dir = output / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     clock = JobClock(total_phases=5)

@@ -36,6 +36,7 @@ from ckadistill.packaged import minilm_path
 from ckadistill.quickstart import (
     DATA_SEED,
     apply_fast_budget,
+    check_job_folder,
     default_cache_dir,
     link_teacher,
     remove_checkpoints,
@@ -491,6 +492,7 @@ def run_headline_quickstart(args: HeadlineQuickstartArguments) -> dict:
     if args.fast:
         logger.warning("Smoke run (--fast): %s", FAST_NOTE)
     output = Path(args.output_dir)
+    check_job_folder(output)
     report_dir = output / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     clock = JobClock(total_phases=5)

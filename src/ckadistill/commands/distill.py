@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,21 @@ def parse(argv: list[str]) -> tuple:
 
 
 def main(argv: list[str]) -> int:
+    from ckadistill.runs import check_model_folder
     from ckadistill.trainer import NonFiniteLossError
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         model_args, data_args, distill_args, training_args, generation_args = parse(argv)
+        check_model_folder(model_args.teacher, "--teacher")
+        if model_args.student is not None:
+            check_model_folder(model_args.student, "--student")
+        elif Path(model_args.teacher).is_dir():  # a student will be built: is the family one we can cut?
+            from transformers import AutoConfig
+
+            from ckadistill.families import get_family
+
+            get_family(AutoConfig.from_pretrained(model_args.teacher))
         if data_args.is_seq2seq:
             from ckadistill.tasks.seq2seq import run_distill
 

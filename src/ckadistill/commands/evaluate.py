@@ -128,6 +128,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
         data_args, generation_args, extra = parse(argv)
+        from ckadistill.runs import check_model_folder
+
+        for model_dir in extra.model_dirs:
+            check_model_folder(model_dir, "MODEL_DIR")
         if extra.threads is not None:
             torch.set_num_threads(extra.threads)
         if data_args.is_seq2seq:

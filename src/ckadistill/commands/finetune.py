@@ -40,6 +40,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         model_args, data_args, training_args, generation_args = parse(argv)
+        from ckadistill.runs import check_model_folder
+
+        check_model_folder(model_args.model_name_or_path, "--model_name_or_path")
         if data_args.is_seq2seq:
             from ckadistill.tasks.seq2seq import run_finetune
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 TASKS = ("classification", "summarization")
@@ -72,8 +73,11 @@ def parse(argv: list[str]) -> tuple[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    from ckadistill.quickstart import check_job_folder
+
     try:
         task, args = parse(argv)
+        check_job_folder(Path(args.output_dir))
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
