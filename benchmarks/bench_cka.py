@@ -31,6 +31,7 @@ import time
 import torch
 
 from ckadistill.losses import HiddenProjection, gram_cka, linear_cka, projected_mse_loss
+from machine import cpu_model
 
 METHODS = ("feature", "gram", "mse")
 
@@ -93,17 +94,6 @@ def mem_available_bytes() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_in_subprocess(method: str, n: int, d_t: int, args: argparse.Namespace) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import torch
 import transformers
 
 from ckadistill.students import count_parameters, make_student
+from machine import machine_line
 
 SOURCE_TOKENS, NEW_TOKENS, CLASSIFY_TOKENS = 256, 64, 192
 
@@ -169,17 +169,6 @@ def generation(repeats: int) -> list[str]:
     return lines
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="Timed runs per model (median reported).")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
-    print(f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"Python {platform.python_version()}")  # fmt: skip
+    print(machine_line())
     started = time.perf_counter()
     for part in args.parts:
         print()

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,6 +45,7 @@ from ckadistill.config import DistillArguments
 from ckadistill.layer_maps import evenly_spaced
 from ckadistill.students import make_student
 from ckadistill.trainer import DistillationTrainer
+from machine import machine_line
 
 VARIANTS = ("none", "mse_proj", "cka", "cka_authors")
 SHAPES = {
@@ -203,17 +202,6 @@ def timings(
     return times, peaks
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -233,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if "none" not in args.variants:
         args.variants.insert(0, "none")  # every ratio is to the plain-KD step
 
-    print(f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"Python {platform.python_version()}")  # fmt: skip
+    print(machine_line())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     precision = "bf16 autocast (losses fp32)" if args.bf16 else "fp32"
     print(f"- {device}; median of {args.steps} timed steps after {args.warmup} warm-up, variants "
