@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from ckadistill.analysis import make_batches
+from ckadistill.commands import add_overwrite_flag
 from ckadistill.commands.layer_map import MAP_HELP
 from ckadistill.data import TEXT_SUFFIXES, read_texts
 
@@ -62,13 +63,7 @@ def build_parser(prog: str = "ckadistill cka-map") -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
     )
-    parser.add_argument(
-        "--overwrite-output-dir",
-        "--overwrite_output_dir",
-        dest="overwrite_output_dir",
-        action="store_true",
-        help="Write into an --output folder that already holds files (nothing else in it is deleted).",
-    )
+    add_overwrite_flag(parser)
     return parser
 
 

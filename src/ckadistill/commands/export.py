@@ -12,6 +12,8 @@ import argparse
 import logging
 import sys
 
+from ckadistill.commands import add_overwrite_flag
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -54,11 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch_size", type=int, default=32, help="Batch size for scoring and the second speed column."
     )
-    parser.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="Write into --output even when it is not empty (files of the same name are replaced).",
-    )
+    add_overwrite_flag(parser)
     return parser
 
 

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from ckadistill.commands import add_overwrite_flag
 from ckadistill.students import INITS
 
 
@@ -55,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="How many --init-data texts --init pca measures (the first ones; 0: every text).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random initialisation.")
-    parser.add_argument(
-        "--overwrite-output-dir",
-        "--overwrite_output_dir",
-        dest="overwrite_output_dir",
-        action="store_true",
-        help="Write into an --output folder that already holds files (nothing else in it is deleted).",
-    )
+    add_overwrite_flag(parser)
     return parser
 
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+from ckadistill.commands import add_overwrite_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heldout",
         help="Text file to measure coverage on (share of tokens tokenised as before); default: --data.",
     )
-    parser.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="Write into a non-empty --output (files of the same name and stale slow-tokenizer files "
-        "there are replaced or removed).",
-    )
+    add_overwrite_flag(parser)  # stale slow-tokenizer files there are removed too
     return parser
 
 
@@ -67,25 +62,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def _check_paths(args: argparse.Namespace) -> Path:
     """The model folder, after checking it holds weights and that --output may be written."""
+    from ckadistill.runs import check_folder_is_free, check_model_folder
+
     model_dir, output = Path(args.model), Path(args.output)
     if not model_dir.is_dir():
         raise ValueError(f"--model {model_dir} is not a folder; give the folder a model was saved in")
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"--model {model_dir} has no config.json; save the model there with save_pretrained")
-    if not any(next(model_dir.glob(p), None) for p in WEIGHT_PATTERNS):
-        raise ValueError(
-            f"--model {model_dir} has no weights (*.safetensors or pytorch_model*.bin); save the model "
-            "there with save_pretrained"
-        )
+    check_model_folder(model_dir, "--model")
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; give a folder")
     if output.resolve() == model_dir.resolve():
         raise ValueError("--output must be a folder other than --model")
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite_output_dir:
-        raise ValueError(
-            f"--output {output} exists and is not empty; pass --overwrite_output_dir to write into it, "
-            "or choose another folder"
-        )
+    check_folder_is_free(
+        output, "--output", overwrite=args.overwrite_output_dir, overwrite_flag="--overwrite_output_dir"
+    )
     for flag, value in (("--min_count", args.min_count), ("--keep_top", args.keep_top)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
