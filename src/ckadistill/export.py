@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ckadistill.runs import check_folder_is_free, check_model_folder
+
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -37,13 +39,6 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 REPORT_FILE = "export_report.json"
 INSTALL_HINT = 'pip install "ckadistill[onnx]"'
-# How save_pretrained names the weights: one file, or shards listed in an index.
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 # The fp32 tolerance on the largest |logit difference| is RELATIVE_TOLERANCE x the logit scale (the
 # largest |PyTorch logit|, at least 1). fp32 ONNX and PyTorch do the same arithmetic in another order
@@ -108,11 +103,7 @@ def check_student_dir(student_dir: str | Path) -> PretrainedConfig:
         raise ValueError(f"STUDENT_DIR {path} is not a folder; give a model saved with save_pretrained")
     if not (path / "config.json").is_file():
         raise ValueError(f"STUDENT_DIR {path} has no config.json; give a model saved with save_pretrained")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise ValueError(
-            f"STUDENT_DIR {path} holds no weights (looked for {', '.join(WEIGHT_FILES)}); "
-            "save the model with save_pretrained"
-        )
+    check_model_folder(path, "STUDENT_DIR")
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise ValueError(
             f"STUDENT_DIR {path} has no tokenizer; save it beside the model with tokenizer.save_pretrained"
@@ -142,11 +133,7 @@ def check_output_dir(output: str | Path, student_dir: str | Path, *, overwrite: 
         raise ValueError("--output must be a folder other than STUDENT_DIR")
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; give a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(
-            f"--output {output} exists and is not empty; pass --overwrite_output_dir to write into it, "
-            "or choose another folder"
-        )
+    check_folder_is_free(output, "--output", overwrite=overwrite, overwrite_flag="--overwrite_output_dir")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import SchedulerType, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +95,12 @@ def checkpoint_is_complete(folder: str | Path) -> bool:
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
     """The `checkpoint-N` folder of `output_dir` with the largest N that was written to the end."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
-    for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+    steps = {}  # checkpoint folder -> its step
+    for folder in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if folder.is_dir() and step.isdigit():
+            steps[folder] = int(step)
+    for folder in sorted(steps, key=steps.get, reverse=True):
         if checkpoint_is_complete(folder):
             return folder
         logger.warning("Skipping %s: it was not written to the end (the run stopped while saving it)", folder)

@@ -415,9 +415,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         if not isinstance(loss, Tensor):  # every weighted term was off for this batch
             loss = (outputs.last_hidden_state if logits is None else logits).float().sum() * 0.0
         if model.training and args.stop_on_nan and not bool(torch.isfinite(loss.detach())):
-            pairs = (
-                dict(zip(self.pair_names, pair_losses, strict=True)) if want_hidden and pair_losses else {}
-            )
+            pairs = dict(zip(self.pair_names, pair_losses, strict=True)) if pair_losses else {}
             raise NonFiniteLossError(self._non_finite_report(weighted, pairs))
         if model.training:
             record = {f"loss/{name}": term for name, (_, term) in weighted.items()}
@@ -441,8 +439,6 @@ class DistillationTrainer(Seq2SeqTrainer):
 
         values = {name: float(term.detach()) for name, (_, term) in weighted.items() if name != "hidden"}
         values.update({f"hidden pair {name}": float(term.detach()) for name, term in pairs.items()})
-        if "hidden" in weighted and not pairs:
-            values["hidden"] = float(weighted["hidden"][1].detach())
         bad = [f"{name} = {value}" for name, value in values.items() if not math.isfinite(value)]
         good = [f"{name} = {value:.4g}" for name, value in values.items() if math.isfinite(value)]
         checkpoint = (
