@@ -63,6 +63,7 @@ def layer_cka_matrix(
     *,
     part: str = "encoder",
     device: torch.device | str | None = None,
+    teacher_token_ids: Tensor | None = None,
 ) -> np.ndarray:
     """Linear CKA between every teacher and every student hidden state of one stack.
 
@@ -77,6 +78,8 @@ def layer_cka_matrix(
             and by `decoder_attention_mask` for the decoder part (every token when a mask is absent).
         part: `"encoder"` or `"decoder"`; encoder-only models have only `"encoder"`.
         device: where the CKAs are computed; defaults to the teacher's device.
+        teacher_token_ids: for a student with a trimmed vocabulary (`--trim_vocab`), whose tokenizer made
+            the batches: the `(V_s,)` teacher id of each student id; the teacher reads the mapped ids.
 
     Returns:
         `(L_t + 1, L_s + 1)` float64 array: row = teacher hidden state, column = student hidden
@@ -105,8 +108,16 @@ def layer_cka_matrix(
     try:
         for step, batch in enumerate(batches):
             mask = _token_mask(batch, part)  # (B, T)
-            for model, rows in ((teacher, teacher_rows), (student, student_rows)):
-                states = _hidden_states(model, batch, part)
+            teacher_batch = dict(batch)
+            if teacher_token_ids is not None:
+                for key in ("input_ids", "decoder_input_ids"):
+                    if key in batch:
+                        teacher_batch[key] = teacher_token_ids[batch[key]]  # (B, T) teacher ids
+            for model, inputs, rows in (
+                (teacher, teacher_batch, teacher_rows),
+                (student, batch, student_rows),
+            ):
+                states = _hidden_states(model, inputs, part)
                 if not rows:
                     rows.extend([] for _ in states)
                 for layer, h in enumerate(states):

@@ -481,6 +481,7 @@ def kl_logits_loss(
     temperature: float = 1.0,
     reverse: bool = False,
     chunk_size: int | None = None,
+    teacher_vocab: Tensor | None = None,
 ) -> Tensor:
     """KL divergence between softened teacher and student distributions (Hinton et al., 2015), times T².
 
@@ -497,6 +498,10 @@ def kl_logits_loss(
         reverse: use `KL(p_s || p_t)` instead of `KL(p_t || p_s)`.
         chunk_size: at most this many positions at a time, each chunk checkpointed when gradients are
             needed (see `chunked_position_sum`); the value and gradient equal the unchunked ones.
+        teacher_vocab: `(V_s,)` int64, for a student with a trimmed vocabulary: the teacher's column of
+            each student column. The teacher's `(..., V_t)` logits are restricted to these columns before
+            the softmax (one chunk at a time), so `p_t` is renormalised over the student's vocabulary:
+            `p_t(v) / Σ_{u kept} p_t(u)`.
 
     Returns:
         0-dim fp32 tensor (logits are upcast to fp32): the mean over kept positions; exactly 0, with a
@@ -506,10 +511,21 @@ def kl_logits_loss(
         ValueError: shapes differ (teacher and student must share the label set / vocabulary), wrong
             rank, mask shape mismatch, temperature <= 0, or chunk_size < 1.
     """
-    if student_logits.shape != teacher_logits.shape:
+    # With a trimmed student only the positions must agree; its columns are picked from the teacher's.
+    expected = (
+        teacher_logits.shape
+        if teacher_vocab is None
+        else (*teacher_logits.shape[:-1], student_logits.shape[-1])
+    )
+    if tuple(student_logits.shape) != tuple(expected):
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
             "differ; teacher and student need the same label set or vocabulary (same tokenizer)"
+        )
+    if teacher_vocab is not None and tuple(teacher_vocab.shape) != (student_logits.shape[-1],):
+        raise ValueError(
+            f"teacher_vocab must hold one teacher column per student column ({student_logits.shape[-1]}), "
+            f"got shape {tuple(teacher_vocab.shape)}"
         )
     if student_logits.dim() not in (2, 3):
         raise ValueError(f"logits must be (B, C) or (B, T, V), got shape {tuple(student_logits.shape)}")
@@ -519,11 +535,13 @@ def kl_logits_loss(
         raise ValueError(
             f"mask shape {tuple(mask.shape)} must equal the logits' positions {tuple(student_logits.shape[:-1])}"
         )
-    vocab = student_logits.shape[-1]
-    s = student_logits.reshape(-1, vocab)  # (P, V), P = positions
-    t = teacher_logits.reshape(-1, vocab)  # (P, V)
+    s = student_logits.reshape(-1, student_logits.shape[-1])  # (P, V_s), P = positions
+    t = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (P, V_t)
+    columns = None if teacher_vocab is None else teacher_vocab.to(t.device)
 
     def kl_sum(s_rows: Tensor, t_rows: Tensor) -> Tensor:
+        if columns is not None:
+            t_rows = t_rows.index_select(-1, columns)  # (m, V_t) -> (m, V_s)
         return _kl_sum(s_rows, t_rows, temperature, reverse)
 
     total, kept = chunked_position_sum(kl_sum, (s, t), mask, chunk_size)
@@ -615,17 +633,21 @@ def token_level_terms(
     temperature: float = 1.0,
     reverse: bool = False,
     chunk_size: int | None = None,
+    teacher_vocab: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Cross-entropy on the labels and KL to the teacher over the target positions of a batch.
 
     Args:
         student_logits: `(B, T, V)` logits of the positions that predict `labels` (a decoder-only LM
             passes `logits[:, :-1]` with `labels[:, 1:]`).
-        teacher_logits: `(B, T, V)` from the teacher under `no_grad`, or None to leave KD out.
+        teacher_logits: `(B, T, V)` from the teacher under `no_grad`, or None to leave KD out; `(B, T, V_t)`
+            with `teacher_vocab`.
         labels: `(B, T)` target ids; -100 = no target (padding).
         task: compute the cross-entropy term.
         label_smoothing, temperature, reverse: as in `token_cross_entropy` and `kl_logits_loss`.
         chunk_size: positions per chunk of both terms, so fp32 copies of `(B·T, V)` never all coexist.
+        teacher_vocab: `(V,)` teacher column of each student column (a trimmed student), as in
+            `kl_logits_loss`; `labels` are student ids.
 
     Returns:
         `{"task": CE, "kd": KL}` (each only when asked for), fp32 0-dim means over the target positions;
@@ -644,5 +666,6 @@ def token_level_terms(
             temperature=temperature,
             reverse=reverse,
             chunk_size=chunk_size,
+            teacher_vocab=teacher_vocab,
         )
     return terms

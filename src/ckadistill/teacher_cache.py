@@ -9,6 +9,10 @@ examples, concatenated in dataset order, with per-example offsets; logits are ke
 `--cache_teacher_dir` the cache is also written to disk under a digest of the teacher's weights, the
 training rows and the layers, and read back by any later run with the same three (other seeds, other
 student shapes that map the same layers, a resumed run).
+
+A student with a trimmed vocabulary reads its own token ids; with `token_ids` (student id -> teacher id)
+the teacher is run on, and the key digests, the teacher's ids of the same tokens: the cache holds what the
+teacher read, per training row and real token, in the student's positions.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class TeacherCache:
         *,
         batch_size: int = 64,
         device: torch.device | str = "cpu",
+        token_ids: Tensor | None = None,
     ) -> TeacherCache:
         """Run the teacher once over `dataset` (in order; rows must carry `EXAMPLE_ID` = row index).
 
@@ -78,6 +83,7 @@ class TeacherCache:
             dataset: tokenised rows (`input_ids`, `attention_mask`, ...).
             collator: pads a list of rows into a batch.
             layers: indices into the teacher's `hidden_states` to keep (0 = embeddings).
+            token_ids: `(V_s,)` teacher id of each id in `dataset` (a trimmed student's rows), or None.
         """
         columns = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
         rows = dataset.select_columns(columns)
@@ -87,6 +93,8 @@ class TeacherCache:
         states: dict[int, list[Tensor]] = {i: [] for i in layers}
         for batch in tqdm(loader, desc="Caching teacher outputs", unit="batch"):
             batch = {k: v.to(device) for k, v in batch.items()}
+            if token_ids is not None:
+                batch["input_ids"] = token_ids.to(device)[batch["input_ids"]]  # (B, T) teacher ids
             out = teacher(**batch, output_hidden_states=bool(layers))
             mask = batch.get("attention_mask")
             if mask is None:
@@ -113,20 +121,24 @@ class TeacherCache:
     # ---- on disk: one build serves every run over the same teacher and data (seeds, sweeps) -------
 
     @staticmethod
-    def key(teacher, dataset, layers: Sequence[int]) -> str:
+    def key(teacher, dataset, layers: Sequence[int], token_ids: Tensor | None = None) -> str:
         """A digest of everything the cached values depend on: the teacher's weights and config, the
-        tokenised training rows, and the layers kept. Any change gives another key, so a stale file is
-        never read."""
+        tokenised training rows as the teacher reads them (through `token_ids` for a trimmed student's
+        rows), and the layers kept. Any change gives another key, so a stale file is never read."""
         digest = hashlib.sha256()
         digest.update(teacher.config.to_json_string(use_diff=False).encode())
         for name, tensor in sorted(teacher.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         columns = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in dataset.column_names]
+        table = None if token_ids is None else token_ids.cpu().numpy().astype(np.int64)
         for column in columns:
             digest.update(column.encode())
             for row in dataset[column]:
-                digest.update(np.asarray(row, dtype=np.int64).tobytes())
+                row = np.asarray(row, dtype=np.int64)
+                if table is not None and column == "input_ids":
+                    row = table[row]  # the teacher's ids of the student's tokens
+                digest.update(row.tobytes())
                 digest.update(b"|")
         digest.update(repr(sorted(int(i) for i in layers)).encode())
         digest.update(str(STORAGE_DTYPE).encode())

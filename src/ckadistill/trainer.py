@@ -30,6 +30,11 @@ never handed to `accelerator.prepare`. Everything else (checkpoints, resume, mix
 accumulation, logging, generation in evaluation) is the Seq2SeqTrainer's own. With `--cache_teacher`
 (classifiers only) the teacher runs once over the training set and its outputs are replayed
 (`ckadistill.teacher_cache`); evaluation still runs it live.
+
+A student with a trimmed vocabulary (`--trim_vocab`) reads its own token ids; `teacher_token_ids` maps
+them to the teacher's before every teacher pass (`input_ids`, `decoder_input_ids`), so both models read
+the same tokens at the same positions, and token-level KL restricts the teacher's distribution to the
+student's tokens (renormalised).
 """
 
 from __future__ import annotations
@@ -127,6 +132,12 @@ def stack_widths(model: PreTrainedModel) -> tuple[int, int]:
     return int(model.get_encoder().config.hidden_size), int(model.get_decoder().config.hidden_size)
 
 
+def to_teacher_ids(ids: Tensor, teacher_token_ids: Tensor) -> Tensor:
+    """`(B, T)` student token ids as teacher ids (`teacher_token_ids[ids]`); negative values (-100) kept."""
+    table = teacher_token_ids.to(ids.device)
+    return torch.where(ids >= 0, table[ids.clamp(min=0)], ids)
+
+
 class DistillationTrainer(Seq2SeqTrainer):
     """Trainer for a student learning from a frozen teacher; see the module docstring for the loss.
 
@@ -138,6 +149,8 @@ class DistillationTrainer(Seq2SeqTrainer):
             encoder-decoders, into `encoder_hidden_states`. Per-pair CKA is logged for every pair
             (computed without gradient when the hidden loss is not CKA).
         decoder_layer_pairs: the same for `decoder_hidden_states` (encoder-decoders only).
+        teacher_token_ids: `(V_s,)` int64, the teacher's id of each student token id, for a student with a
+            trimmed vocabulary (`ckadistill.vocab.trim_student`); None when both share one vocabulary.
         pooling: how a bare encoder's sentence vector is read from its last hidden states, 'mean' (over
             the real tokens) or 'cls' (the first token); used by the `pooled` term only.
     """
@@ -152,6 +165,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         distill_args: DistillArguments,
         layer_pairs: Sequence[tuple[int, int]] = (),
         decoder_layer_pairs: Sequence[tuple[int, int]] = (),
+        teacher_token_ids: Tensor | None = None,
         pooling: str = "mean",
         **kwargs,
     ):
@@ -161,8 +175,16 @@ class DistillationTrainer(Seq2SeqTrainer):
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.pooling = pooling
+        self.teacher_token_ids = None
+        if teacher_token_ids is not None:
+            self._check_token_ids(teacher, teacher_token_ids)
+            self.teacher_token_ids = teacher_token_ids.to(self.args.device, torch.long)  # (V_s,)
         self._check_teacher(teacher, distill_args, decoder_layer_pairs)
-        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        # Replicated, never wrapped: the Trainer hands only the student to DDP / FSDP / DeepSpeed.
+        dtype = None
+        if self.is_deepspeed_enabled:  # it casts the student to its dtype and runs it without autocast
+            dtype = self.accelerator.state.deepspeed_plugin.hf_ds_config.dtype()
+        self.teacher = teacher.to(self.args.device, dtype=dtype).eval().requires_grad_(False)
         self.distill_args = distill_args
         self.regression = self.kind == "classifier" and is_regression(self.model.config)
         self.layer_pairs = tuple((int(s), int(t)) for s, t in layer_pairs)
@@ -209,6 +231,12 @@ class DistillationTrainer(Seq2SeqTrainer):
             raise ValueError(f"no loss term applies to this {self.kind} student: set {what} above 0")
         self.projections: nn.ModuleList | None = None
         if self.uses_hidden and distill_args.hidden_loss == "mse_proj":
+            if self.is_deepspeed_enabled:
+                raise ValueError(
+                    "--hidden_loss mse_proj trains projections that live outside the student, and a DeepSpeed "
+                    "engine optimises only the model it wraps: use --hidden_loss cka (no parameters of its "
+                    "own), or run mse_proj with plain data parallelism (torchrun, accelerate launch --multi_gpu)"
+                )
             projections = [HiddenProjection(d_s, d_t) for d_s, d_t in widths]  # one per pair, both stacks
             self.projections = nn.ModuleList(projections).to(self.args.device)
             # The projections live outside the student (so it is saved without them), hence outside DDP:
@@ -219,6 +247,24 @@ class DistillationTrainer(Seq2SeqTrainer):
         self.teacher_cache: TeacherCache | None = None
         if distill_args.cache_teacher and self.train_dataset is not None:
             self.teacher_cache = self._build_teacher_cache()
+
+    def _check_token_ids(self, teacher: PreTrainedModel, token_ids: Tensor) -> None:
+        """A trimmed student's id map: one teacher id per student embedding row, each within the teacher's."""
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        teacher_rows = teacher.get_input_embeddings().weight.shape[0]
+        if token_ids.dim() != 1 or token_ids.numel() != rows:
+            raise ValueError(
+                f"teacher_token_ids must hold one teacher id per student token ({rows}), got shape "
+                f"{tuple(token_ids.shape)}"
+            )
+        if int(token_ids.min()) < 0 or int(token_ids.max()) >= teacher_rows:
+            raise ValueError(f"teacher_token_ids must lie in [0, {teacher_rows}), the teacher's vocabulary")
+
+    def _output_vocab_matches(self, student: PreTrainedModel, teacher: PreTrainedModel) -> bool:
+        """Whether token logits line up: the same vocabulary, or a trimmed student's kept rows of it."""
+        if self.teacher_token_ids is not None:
+            return output_vocab_size(student) == self.teacher_token_ids.numel()
+        return output_vocab_size(student) == output_vocab_size(teacher)
 
     def _check_teacher(
         self, teacher: PreTrainedModel, distill_args: DistillArguments, decoder_layer_pairs: Sequence
@@ -245,7 +291,7 @@ class DistillationTrainer(Seq2SeqTrainer):
                     f"decoder layer pairs given, but {student.config.model_type} models have no decoder: "
                     "leave --decoder_layer_map at its default"
                 )
-            if self.kind == "mlm" and output_vocab_size(student) != output_vocab_size(teacher):
+            if self.kind == "mlm" and not self._output_vocab_matches(student, teacher):
                 raise ValueError(
                     f"the teacher predicts over {output_vocab_size(teacher)} tokens and the student over "
                     f"{output_vocab_size(student)}: KL on token logits needs the same vocabulary, so build "
@@ -277,7 +323,7 @@ class DistillationTrainer(Seq2SeqTrainer):
                 )
             return
         v_s, v_t = output_vocab_size(student), output_vocab_size(teacher)
-        if v_s != v_t:
+        if not self._output_vocab_matches(student, teacher):
             raise ValueError(
                 f"the teacher predicts over {v_t} tokens and the student over {v_s}: KL on token logits needs "
                 "the same output vocabulary, so build the student from the teacher (same tokenizer and "
@@ -316,7 +362,7 @@ class DistillationTrainer(Seq2SeqTrainer):
             )
         path = None
         if self.distill_args.cache_teacher_dir:
-            key = TeacherCache.key(self.teacher, dataset, layers)
+            key = TeacherCache.key(self.teacher, dataset, layers, token_ids=self.teacher_token_ids)
             path = os.path.join(self.distill_args.cache_teacher_dir, f"teacher-outputs-{key}.safetensors")
             if os.path.isfile(path):
                 logger.info("Reading the teacher's outputs from %s", path)
@@ -328,6 +374,7 @@ class DistillationTrainer(Seq2SeqTrainer):
             layers,
             batch_size=self.args.per_device_eval_batch_size,
             device=self.args.device,
+            token_ids=self.teacher_token_ids,
         )
         if path is not None and self.args.should_save:
             cache.save(path)
@@ -359,7 +406,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         teacher_out = None
         if (args.alpha_kd > 0 or want_hidden or self.pooled_loss) and not cached:
             with torch.no_grad(), self.accelerator.autocast():
-                teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+                teacher_out = self.teacher(**self._teacher_inputs(inputs), output_hidden_states=want_hidden)
         teacher_logits = None
         if args.alpha_kd > 0 and logits is not None:
             teacher_logits = self.teacher_cache.logits(example_ids) if cached else teacher_out.logits
@@ -379,6 +426,9 @@ class DistillationTrainer(Seq2SeqTrainer):
                 temperature=args.temperature,
                 reverse=args.kd_reverse,
                 chunk_size=args.kd_chunk_size,
+                # A trimmed student's output layer has the kept rows only, so it can only ever emit kept
+                # ids; the teacher's distribution is restricted to them (renormalised) to match.
+                teacher_vocab=self.teacher_token_ids,
             )
         elif self.kind == "classifier":
             terms = self._class_level_terms(logits, teacher_logits, labels)
@@ -456,6 +506,17 @@ class DistillationTrainer(Seq2SeqTrainer):
             f"after it; {kept}. Lower --learning_rate, clip with --max_grad_norm, or train in fp32/bf16 "
             "instead of fp16"
         )
+
+    def _teacher_inputs(self, inputs: dict) -> dict:
+        """The student's batch as the teacher reads it: a trimmed student's token ids become the teacher's
+        ids of the same tokens (positions, masks and everything else unchanged)."""
+        if self.teacher_token_ids is None:
+            return inputs
+        mapped = dict(inputs)
+        for key in ("input_ids", "decoder_input_ids"):
+            if mapped.get(key) is not None:
+                mapped[key] = to_teacher_ids(mapped[key], self.teacher_token_ids)
+        return mapped
 
     @staticmethod
     def _real_token_labels(inputs: dict) -> Tensor:

@@ -752,3 +752,71 @@ def trim_vocabulary(
         info["coverage_on"],
     )
     return trimmed, new_tokenizer, info
+
+
+# ---------------------------------------------------------------------------------------------------
+# Distilling into a trimmed student (`ckadistill distill --trim_vocab`)
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_trim_setup(tokenizer, teacher: PreTrainedModel, keep_top: int | None) -> None:
+    """Before any data is read: the teacher's family and tokenizer can be trimmed, and `--trim_keep_top`
+    leaves room for the tokens every trimmed vocabulary keeps (the student has the teacher's config ids)."""
+    try:
+        vocab_table(teacher.config)
+        check_tokenizer(tokenizer)
+        check_keep_top(keep_top, always_kept(tokenizer, model=teacher))
+    except ValueError as err:
+        message = str(err).replace("--keep_top", "--trim_keep_top")
+        raise ValueError(f"--trim_vocab: {message}") from None
+
+
+def teacher_token_ids(tokenizer, reference) -> torch.Tensor:
+    """`(V,)` int64: for each id of `tokenizer` (a trimmed one), the id of the same token in `reference`
+    (the tokenizer it was trimmed from), so `teacher_token_ids(...)[student_ids]` are the teacher's ids."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    ids = reference.convert_tokens_to_ids(tokens)
+    if None in ids or reference.convert_ids_to_tokens(ids) != tokens:
+        missing = [
+            t
+            for t, i in zip(tokens, ids, strict=True)
+            if i is None or reference.convert_ids_to_tokens(i) != t
+        ]
+        raise ValueError(
+            f"{len(missing)} token(s) of the student's tokenizer ({', '.join(map(str, missing[:5]))}) are not in "
+            "the teacher's: a trimmed student must be trimmed from the teacher's tokenizer"
+        )
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def trim_student(
+    student: PreTrainedModel,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    min_count: int = 1,
+    keep_top: int | None = None,
+    heldout: Sequence[str] | None = None,
+) -> tuple[PreTrainedModel, object, torch.Tensor, dict]:
+    """A student (built from the teacher, so sharing its tokenizer) trimmed to the vocabulary of `texts`.
+
+    Returns the trimmed student, its tokenizer, the `(V_s,)` teacher id of each student id
+    (`teacher_token_ids`) and the `trim_vocab` record (as `trim_vocabulary`; coverage on `heldout`, the
+    validation texts, when given). Every language code is kept, so any --source_lang / --target_lang works.
+    """
+    trimmed, new_tokenizer, info = trim_vocabulary(
+        student, tokenizer, texts, min_count=min_count, keep_top=keep_top, heldout=heldout
+    )
+    info["coverage_on"] = "validation texts" if heldout is not None else "training texts"
+    trimmed.config.ckadistill["trim_vocab"] = info
+    trimmed.train(student.training)
+    return trimmed, new_tokenizer, teacher_token_ids(new_tokenizer, tokenizer), info
+
+
+def trim_line(info: dict) -> str:
+    """One line on a `--trim_vocab` student, for the header of its saved configuration."""
+    return (
+        f"--trim_vocab: vocabulary {info['old_vocab_size']:,} -> {info['new_vocab_size']:,} tokens "
+        f"(--trim_min_count {info['min_count']}, --trim_keep_top {info['keep_top']}); coverage "
+        f"{info['coverage']:.2%} of {info['coverage_tokens']:,} tokens of the {info['coverage_on']}"
+    )
