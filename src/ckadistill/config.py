@@ -268,6 +268,28 @@ class DistillModelArguments:
         default=None,
         metadata={"help": "Tokenizer to use (default: the teacher's); teacher and student share it."},
     )
+    trim_vocab: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the student only the vocabulary of the training texts (classification: the text "
+            "columns; summarization / translation: sources and targets): special tokens, the tokens those "
+            "texts produce and the pieces unseen text needs (see `ckadistill trim-vocab`). The student and "
+            "its saved tokenizer hold the kept tokens only; the teacher keeps its vocabulary and reads the "
+            "same tokens by their ids in it."
+        },
+    )
+    trim_min_count: int = field(
+        default=1,
+        metadata={"help": "With --trim_vocab: keep a training token only if it occurs at least this often."},
+    )
+    trim_keep_top: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --trim_vocab: at most this many tokens in all; special tokens and fallback pieces "
+            "first, then the most frequent training tokens that fit (default: every token passing "
+            "--trim_min_count)."
+        },
+    )
 
     def shape_flags(self) -> dict[str, int]:
         """The `--student_*` shape values that were set, keyed by flag name."""
@@ -298,6 +320,24 @@ class DistillModelArguments:
                 "--student_layers, --student_encoder_layers, --student_decoder_layers, --student_hidden_size, "
                 "--student_ffn_size, --student_heads"
             )
+        if self.trim_min_count < 1:
+            raise ValueError(f"--trim_min_count must be >= 1 occurrence, got {self.trim_min_count}")
+        if self.trim_keep_top is not None and self.trim_keep_top < 1:
+            raise ValueError(f"--trim_keep_top must be >= 1 token (or unset), got {self.trim_keep_top}")
+        if not self.trim_vocab:
+            given = [
+                flag
+                for flag, value, default in (
+                    ("--trim_min_count", self.trim_min_count, 1),
+                    ("--trim_keep_top", self.trim_keep_top, None),
+                )
+                if value != default
+            ]
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} only apply to a trimmed student: add --trim_vocab true, or drop "
+                    f"{' and '.join(given)}"
+                )
 
 
 @dataclass

@@ -82,6 +82,26 @@ def _shape_table(shapes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _vocabulary_lines(info: Mapping[str, Any]) -> list[str]:
+    """The Vocabulary section of a student trimmed with `--trim_vocab` (`ckadistill.vocab.trim_student`)."""
+    kept = ", ".join(f"{n:,} {reason}" for reason, n in info["kept_by"].items() if n)
+    return [
+        "",
+        "## Vocabulary",
+        "",
+        f"Trimmed to the training texts (`--trim_vocab`): {info['old_vocab_size']:,} -> "
+        f"{info['new_vocab_size']:,} tokens, {info['old_parameters']:,} -> {info['new_parameters']:,} "
+        "parameters. The student reads and emits only the kept tokens; during distillation the teacher read "
+        "the same tokens by its own ids.",
+        "",
+        f"- kept: {kept}",
+        f"- `--trim_min_count`: `{info['min_count']}`, `--trim_keep_top`: `{info['keep_top']}`",
+        f"- tokenizer model: `{info['tokenizer_model']}`",
+        f"- coverage: {info['coverage']:.2%} of {info['coverage_tokens']:,} tokens of the "
+        f"{info['coverage_on']} tokenise exactly as with the teacher's tokenizer",
+    ]
+
+
 def write_model_card(
     output_dir: str | Path,
     *,
@@ -97,6 +117,7 @@ def write_model_card(
     distillation: Mapping[str, Any] | None = None,
     pipeline_tag: str = "text-classification",
     usage: Sequence[str] | None = None,
+    vocabulary: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `README.md` into `output_dir` and return its path.
 
@@ -111,6 +132,8 @@ def write_model_card(
         distillation: loss settings (weights, temperature, hidden loss, layer map), for students.
         pipeline_tag: the Hub task tag in the card's metadata.
         usage: lines of Python for the Usage section (default: a text-classification pipeline).
+        vocabulary: the `trim_vocab` record of a student with a trimmed vocabulary (sizes, rules,
+            coverage), for its Vocabulary section.
     """
     shape = model_shape(model)
     lines = [
@@ -148,6 +171,8 @@ def write_model_card(
     if distillation is not None:
         lines += ["", "## Distillation", ""]
         lines += [f"- {key}: `{value}`" for key, value in distillation.items()]
+    if vocabulary is not None:
+        lines += _vocabulary_lines(vocabulary)
     lines += ["", "## Data", ""]
     lines += [f"- {key}: `{value}`" for key, value in data.items() if value is not None]
     lines += ["", "## Training", ""]

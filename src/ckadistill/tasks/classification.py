@@ -26,6 +26,7 @@ from ckadistill.config import (
     FinetuneModelArguments,
 )
 from ckadistill.data import check_vocab_compatible, load_raw_splits
+from ckadistill.distributed import whole_models
 from ckadistill.metrics import count_parameters, measure_throughput
 from ckadistill.model_card import write_model_card
 from ckadistill.runs import (
@@ -41,6 +42,7 @@ from ckadistill.tasks.classification_data import (
     has_named_labels,
     resolve_label_space,
     sample_texts,
+    split_texts,
 )
 from ckadistill.tasks.classification_metrics import build_compute_metrics, task_metrics
 
@@ -281,6 +283,7 @@ def run_distill(
         Flat metrics: `train_*`, `eval_*` (validation), `test_*`, and the teacher's scores on the same
         splits as `teacher_eval_*` / `teacher_test_*`.
     """
+    from datasets import DatasetDict
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
     check_output_dir(training_args)
@@ -288,18 +291,23 @@ def run_distill(
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for
     from ckadistill.trainer import DistillationTrainer
+    from ckadistill.vocab import check_trim_setup, trim_line, trim_student
 
     # Teacher, tokenizer, data: the teacher's labels define the task.
     tokenizer_name = model_args.tokenizer_name or model_args.teacher
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
-    teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher)
+    with whole_models():  # replicated on every process, even under ZeRO-3 (see ckadistill.distributed)
+        teacher = AutoModelForSequenceClassification.from_pretrained(model_args.teacher)
+    if model_args.trim_vocab:
+        check_trim_setup(tokenizer, teacher, model_args.trim_keep_top)
     raw = load_raw_splits(data_args)
     labels: LabelSpace = resolve_label_space(raw, data_args, teacher.config)
 
     # Student, checked against the teacher before any training.
-    student, student_tokenizer = _load_student(
-        model_args, teacher, labels, tokenizer, raw, data_args, training_args.seed
-    )
+    with whole_models():  # cut from the whole teacher; DeepSpeed / FSDP shard it when the Trainer wraps it
+        student, student_tokenizer = _load_student(
+            model_args, teacher, labels, tokenizer, raw, data_args, training_args.seed
+        )
     check_vocab_compatible(
         teacher.config,
         student.config,
@@ -310,20 +318,35 @@ def run_distill(
     pairs = list(layer_map_for(teacher.config, student.config, encoder=distill_args.layer_map).encoder)
     logger.info("Layer map (student:teacher): %s", format_layer_map(pairs))
 
-    encoded = encode_splits(raw, data_args, tokenizer, labels, unlabelled="keep")
+    # --trim_vocab: the student keeps the vocabulary of the training texts, and the data is tokenised
+    # with its trimmed tokenizer (what it will read at inference); the teacher reads the same tokens
+    # through `teacher_ids`, student id -> teacher id.
+    data_tokenizer, teacher_ids, trim_info = tokenizer, None, None
+    if model_args.trim_vocab:
+        heldout = split_texts(raw, data_args, "validation") if "validation" in raw else None
+        student, data_tokenizer, teacher_ids, trim_info = trim_student(
+            student,
+            tokenizer,
+            split_texts(raw, data_args, "train"),
+            min_count=model_args.trim_min_count,
+            keep_top=model_args.trim_keep_top,
+            heldout=heldout,
+        )
+
+    encoded = encode_splits(raw, data_args, data_tokenizer, labels, unlabelled="keep")
     if data_args.augment:
         from ckadistill.augment import augment_dataset
 
         encoded["train"] = augment_dataset(
             encoded["train"],
             data_args.augment,
-            tokenizer,
+            data_tokenizer,
             rate=data_args.augment_rate,
             ops=data_args.augment_op_names,
             seed=data_args.split_seed,
         )
     check_eval_setup(encoded, training_args)
-    collator = DataCollatorWithPadding(tokenizer)
+    collator = DataCollatorWithPadding(data_tokenizer)
 
     # Train.
     trainer = DistillationTrainer(
@@ -331,24 +354,33 @@ def run_distill(
         args=training_args,
         train_dataset=encoded["train"],
         eval_dataset=encoded.get("validation"),
-        processing_class=tokenizer,
+        processing_class=data_tokenizer,  # saved with the student
         data_collator=collator,
         compute_metrics=build_compute_metrics(labels.task),
         teacher=teacher,
         distill_args=distill_args,
         layer_pairs=pairs,
+        teacher_token_ids=teacher_ids,
         callbacks=list(callbacks),
     )
     result = trainer.train(
         resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
     )
 
-    # Evaluate student and teacher on the same splits.
+    # Evaluate student and teacher on the same splits (the teacher on its own tokenisation).
     metrics = {**result.metrics, **_evaluate_splits(trainer, encoded)}
+    teacher_encoded, teacher_collator = encoded, collator
+    if teacher_ids is not None:
+        held_out = DatasetDict({split: raw[split] for split in ("validation", "test") if split in raw})
+        teacher_encoded = encode_splits(held_out, data_args, tokenizer, labels) if held_out else {}
+        teacher_collator = DataCollatorWithPadding(tokenizer)
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        if split in encoded:
+        if split in teacher_encoded:
             logits, gold = predict(
-                teacher, encoded[split], collator, batch_size=training_args.per_device_eval_batch_size
+                teacher,
+                teacher_encoded[split],
+                teacher_collator,
+                batch_size=training_args.per_device_eval_batch_size,
             )
             metrics.update(
                 {f"teacher_{prefix}_{k}": v for k, v in task_metrics(labels.task, logits, gold).items()}
@@ -363,7 +395,7 @@ def run_distill(
             output_dir,
             metrics,
             (model_args, data_args, distill_args, training_args),
-            header="ckadistill distill",
+            header="ckadistill distill" + (f"\n{trim_line(trim_info)}" if trim_info else ""),
             layer_map=(distill_args.layer_map, pairs),
         )
         compression = count_parameters(teacher) / count_parameters(student)
@@ -383,6 +415,7 @@ def run_distill(
             teacher=teacher,
             teacher_name=model_args.teacher,
             distillation=_distillation_summary(distill_args, pairs),
+            vocabulary=trim_info,
         )
     return metrics
 

@@ -292,3 +292,15 @@ def sample_texts(raw: DatasetDict, data_args: DataArguments, count: int = 256) -
     split = raw["train"] if "train" in raw else raw[next(iter(raw))]
     count = min(count, len(split))
     return ["" if t is None else str(t) for t in split.select(range(count))[data_args.text_column]]
+
+
+def split_texts(raw: DatasetDict, data_args: DataArguments, split: str) -> list[str]:
+    """Every text of one split as the model reads it (first texts, then second texts of pairs), capped at
+    `--max_train_samples` / `--max_eval_samples` as `encode_splits` caps it: the texts a trimmed
+    student's vocabulary is chosen from (train) or its coverage is measured on (validation)."""
+    cap = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+    dataset = raw[split]
+    if cap is not None and cap < len(dataset):
+        dataset = dataset.select(range(cap))
+    columns = [data_args.text_column] + ([data_args.text_pair_column] if data_args.text_pair_column else [])
+    return ["" if t is None else str(t) for column in columns for t in dataset[column]]

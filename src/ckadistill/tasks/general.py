@@ -42,6 +42,7 @@ from ckadistill.config import (
     TaskTrainingArguments,
 )
 from ckadistill.data import check_vocab_compatible
+from ckadistill.distributed import whole_models
 from ckadistill.metrics import count_parameters
 from ckadistill.model_card import write_model_card
 from ckadistill.runs import (
@@ -345,6 +346,12 @@ def run_distill(
     from ckadistill.packaged import packaged_model_path
     from ckadistill.trainer import DistillationTrainer, model_kind
 
+    if model_args.trim_vocab:
+        raise ValueError(
+            "--trim_vocab trims a student to the texts of its task, and --task general distils on a general "
+            "corpus: drop --trim_vocab here and trim in the task stage (--task classification / summarization "
+            "/ translation --student DIR --trim_vocab true), or afterwards with ckadistill trim-vocab"
+        )
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError(
             "--streaming corpora have no length, so the run needs --max_steps N (optimiser steps)"
@@ -358,7 +365,8 @@ def run_distill(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
     train, validation = load_corpus(data_args)
 
-    teacher, student = _load_models(model_args, data_args, train, tokenizer, training_args.seed)
+    with whole_models():  # whole on every process, even under ZeRO-3 (see ckadistill.distributed)
+        teacher, student = _load_models(model_args, data_args, train, tokenizer, training_args.seed)
     kind = model_kind(teacher)
     check_vocab_compatible(teacher.config, student.config, tokenizer, tokenizer_name=tokenizer_name)
     layer_map = layer_map_for(

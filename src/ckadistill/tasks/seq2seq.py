@@ -38,6 +38,7 @@ from ckadistill.config import (
     TaskTrainingArguments,
 )
 from ckadistill.data import check_vocab_compatible, load_raw_splits
+from ckadistill.distributed import whole_models
 from ckadistill.metrics import count_parameters
 from ckadistill.model_card import write_model_card
 from ckadistill.runs import (
@@ -358,7 +359,8 @@ def run_distill(
 ) -> dict[str, float]:
     """Distil an encoder-decoder teacher into a smaller student for summarisation or translation.
 
-    Writes to `--output_dir`: the student (`save_pretrained`) with the teacher's tokenizer,
+    Writes to `--output_dir`: the student (`save_pretrained`) with the teacher's tokenizer (its trimmed
+    copy with `--trim_vocab`),
     `ckadistill_config.yaml`, `layer_map.json` (encoder and decoder pairs), `all_results.json`,
     `trainer_state.json`, the model card `README.md`, and the Trainer's checkpoints.
 
@@ -374,26 +376,31 @@ def run_distill(
 
     from ckadistill.layer_maps import format_layer_map, layer_map_for
     from ckadistill.trainer import DistillationTrainer
+    from ckadistill.vocab import check_trim_setup, trim_line, trim_student
 
     # Data (columns checked before any model loads), then the teacher and its tokenizer (the
     # student's too), with language codes set and the source prefix chosen.
     raw = load_raw_splits(data_args)
     tokenizer_name = model_args.tokenizer_name or model_args.teacher
-    teacher = load_seq2seq_model(model_args.teacher, flag="--teacher", task=data_args.task)
+    with whole_models():  # replicated on every process, even under ZeRO-3 (see ckadistill.distributed)
+        teacher = load_seq2seq_model(model_args.teacher, flag="--teacher", task=data_args.task)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    if model_args.trim_vocab:
+        check_trim_setup(tokenizer, teacher, model_args.trim_keep_top)
     prefix = prepare_tokenizer(tokenizer, teacher.config, data_args)
     bos = forced_bos_token_id(tokenizer, teacher.config, data_args)
     sample = raw["train"].select(range(min(256, len(raw["train"]))))[data_args.source_column]
 
     # Student, checked against the teacher before any training.
-    student, student_tokenizer = _load_student(
-        model_args,
-        teacher,
-        tokenizer,
-        [prefix + str(s) for s in sample],
-        task=data_args.task,
-        seed=training_args.seed,
-    )
+    with whole_models():  # cut from the whole teacher; DeepSpeed / FSDP shard it when the Trainer wraps it
+        student, student_tokenizer = _load_student(
+            model_args,
+            teacher,
+            tokenizer,
+            [prefix + str(s) for s in sample],
+            task=data_args.task,
+            seed=training_args.seed,
+        )
     check_vocab_compatible(
         _vocab_config(teacher.config),
         _vocab_config(student.config),
@@ -403,6 +410,27 @@ def run_distill(
     )
     for model in (teacher, student):
         _set_forced_bos(model, bos)
+
+    # --trim_vocab: the student keeps the vocabulary of the training sources and targets (its config's
+    # token ids, forced BOS included, renumbered); the data is tokenised with its trimmed tokenizer, and
+    # the teacher reads the same tokens through `teacher_ids`, student id -> teacher id.
+    student_tokenizer, student_bos, teacher_ids, trim_info = tokenizer, bos, None, None
+    if model_args.trim_vocab:
+        sources, targets = seq2seq_texts(raw, data_args, "train")
+        heldout = None
+        if "validation" in raw:
+            held_sources, held_targets = seq2seq_texts(raw, data_args, "validation")
+            heldout = [prefix + s for s in held_sources] + held_targets
+        student, student_tokenizer, teacher_ids, trim_info = trim_student(
+            student,
+            tokenizer,
+            [prefix + s for s in sources] + targets,
+            min_count=model_args.trim_min_count,
+            keep_top=model_args.trim_keep_top,
+            heldout=heldout,
+        )
+        prepare_tokenizer(student_tokenizer, teacher.config, data_args)  # language codes, as the teacher's
+        student_bos = student.generation_config.forced_bos_token_id if bos is not None else None
     layer_map = layer_map_for(
         teacher.config, student.config, encoder=distill_args.layer_map, decoder=distill_args.decoder_layer_map
     )
@@ -412,12 +440,12 @@ def run_distill(
         format_layer_map(list(layer_map.decoder)),
     )
 
-    start = teacher.config.to_dict().get("decoder_start_token_id")
-    encoded = encode_seq2seq_splits(raw, data_args, tokenizer, prefix, decoder_start_token_id=start)
+    start = student.config.to_dict().get("decoder_start_token_id")  # in the student's ids
+    encoded = encode_seq2seq_splits(raw, data_args, student_tokenizer, prefix, decoder_start_token_id=start)
     check_eval_setup(encoded, training_args)
     _prepare_generation(training_args, generation_args)
     eval_dataset, compute_metrics = _training_eval(
-        encoded, data_args, training_args, generation_args, tokenizer
+        encoded, data_args, training_args, generation_args, student_tokenizer
     )
 
     # Train.
@@ -426,24 +454,30 @@ def run_distill(
         args=training_args,
         train_dataset=encoded["train"],
         eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=student, label_pad_token_id=-100),
+        processing_class=student_tokenizer,  # saved with the student
+        data_collator=DataCollatorForSeq2Seq(student_tokenizer, model=student, label_pad_token_id=-100),
         compute_metrics=compute_metrics,
         teacher=teacher,
         distill_args=distill_args,
         layer_pairs=list(layer_map.encoder),
         decoder_layer_pairs=list(layer_map.decoder),
+        teacher_token_ids=teacher_ids,
         callbacks=list(callbacks),
     )
     result = trainer.train(
         resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint, training_args.output_dir)
     )
 
-    # Score student and teacher on the same splits, decoding the same way.
+    # Score student and teacher on the same splits, decoding the same way, each with its own tokenizer.
     metrics = {**result.metrics, **_final_losses(trainer, encoded)}
-    for model, key in ((trainer.model, ""), (teacher, "teacher_")):
+    for model, model_tokenizer, model_bos, key in (
+        (trainer.model, student_tokenizer, student_bos, ""),
+        (teacher, tokenizer, bos, "teacher_"),
+    ):
         metrics.update(
-            score_splits(model, tokenizer, raw, data_args, generation_args, prefix=prefix, bos=bos, key=key)
+            score_splits(
+                model, model_tokenizer, raw, data_args, generation_args, prefix=prefix, bos=model_bos, key=key
+            )
         )
 
     # Save the student, its tokenizer, the resolved config, both layer maps and the model card.
@@ -455,7 +489,8 @@ def run_distill(
             output_dir,
             metrics,
             (model_args, data_args, distill_args, training_args, generation_args),
-            header=f"ckadistill distill --task {data_args.task}",
+            header=f"ckadistill distill --task {data_args.task}"
+            + (f"\n{trim_line(trim_info)}" if trim_info else ""),
             layer_map=(distill_args.layer_map, layer_map.encoder),
             decoder_layer_map=(distill_args.decoder_layer_map, layer_map.decoder),
         )
@@ -478,5 +513,6 @@ def run_distill(
             distillation=_distillation_summary(distill_args, layer_map),
             pipeline_tag=data_args.task,
             usage=_usage(prefix, generation_args.max_new_tokens),
+            vocabulary=trim_info,
         )
     return metrics
