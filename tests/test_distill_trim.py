@@ -342,3 +342,48 @@ def test_bart_summarization_student_with_a_trimmed_vocabulary(tmp_path):
     assert len(logged) == 2 and all(e["loss/kd"] >= 0 for e in logged)
     assert "## Vocabulary" in (out / "README.md").read_text()
     assert model.config.ckadistill["trim_vocab"]["coverage_on"] == "validation texts"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The quickstart's flags and its CKA heatmap with a trimmed student.
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_quickstart_trim_flags_reach_the_distillation(monkeypatch, tmp_path, capsys):
+    import ckadistill.tasks.classification as classification
+    from ckadistill.commands.quickstart import main as quickstart_main
+    from ckadistill.commands.quickstart import parse
+    from ckadistill.quickstart import distil_student
+
+    task, args = parse(
+        ["--trim_vocab", "true", "--trim_keep_top", "5000", "--output_dir", str(tmp_path / "q")]
+    )
+    assert task == "classification" and args.trim_vocab and args.trim_keep_top == 5000
+    seen = []
+    monkeypatch.setattr(
+        classification, "run_distill", lambda model_args, *rest: seen.append(model_args) or {}
+    )
+    splits = {split: tmp_path / f"{split}.csv" for split in ("train", "validation", "test")}
+    distil_student(args, splits, tmp_path / "teacher", tmp_path / "student")
+    (model_args,) = seen
+    assert model_args.trim_vocab and model_args.trim_keep_top == 5000 and model_args.trim_min_count == 1
+
+    assert quickstart_main(["--trim_keep_top", "5000", "--output_dir", str(tmp_path / "q")]) == 2
+    assert "--trim_vocab true" in capsys.readouterr().err
+
+
+def test_quickstart_cka_map_feeds_the_teacher_its_own_ids(tok, tmp_path):
+    from ckadistill.analysis import load_cka_csv
+    from ckadistill.quickstart import cka_heatmap
+    from test_trainer import quiet_bert
+
+    teacher = quiet_bert(tok, layers=2).eval()
+    student, student_tok, _, _ = trim_student(copy.deepcopy(teacher), tok, TRAIN)
+    teacher_dir = save_model(teacher, tok, tmp_path / "teacher")
+    student_dir = save_model(student, student_tok, tmp_path / "student")
+    (student_dir / "layer_map.json").write_text(json.dumps({"pairs": identity_pairs(2)}), encoding="utf-8")
+    cka_heatmap(teacher_dir, student_dir, SENTENCES, tmp_path / "report", 24)
+    matrix = load_cka_csv(tmp_path / "report" / "cka.csv")
+    # The student is the teacher with fewer rows: unseen words are [UNK] for both, the rest the same.
+    assert matrix.shape == (3, 3)
+    assert [matrix[i, i] for i in range(3)] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)

@@ -99,6 +99,17 @@ class QuickstartArguments:
         metadata={"help": "Student initialisation: slice, pca or random (see make-student)."},
     )
     hidden_loss: str = field(default="cka", metadata={"help": "Hidden-state loss: cka, mse_proj or none."})
+    trim_vocab: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the student only the vocabulary of the BBC training articles (most of a narrow "
+            "student's parameters are its word embedding); see `ckadistill distill --trim_vocab`."
+        },
+    )
+    trim_keep_top: int | None = field(
+        default=None,
+        metadata={"help": "With --trim_vocab: at most this many tokens in the student's vocabulary."},
+    )
     student_epochs: float = field(default=3.0, metadata={"help": "Distillation epochs of the student."})
     student_learning_rate: float = field(
         default=5e-4, metadata={"help": "Peak learning rate of the student."}
@@ -126,6 +137,10 @@ class QuickstartArguments:
             raise ValueError(f"--student_init must be pca, slice or random, got {self.student_init!r}")
         if self.hidden_loss not in ("cka", "mse_proj", "none"):
             raise ValueError(f"--hidden_loss must be cka, mse_proj or none, got {self.hidden_loss!r}")
+        if self.trim_keep_top is not None and not self.trim_vocab:
+            raise ValueError("--trim_keep_top caps a trimmed vocabulary: add --trim_vocab true, or drop it")
+        if self.trim_keep_top is not None and self.trim_keep_top < 1:
+            raise ValueError(f"--trim_keep_top must be >= 1 token, got {self.trim_keep_top}")
 
     def teacher_key(self) -> str:
         """Short hash of everything that shapes the teacher, naming its cache folder."""
@@ -242,6 +257,8 @@ def distil_student(
         student_layers=args.student_layers,
         student_hidden_size=args.student_hidden_size,
         student_init=args.student_init,
+        trim_vocab=args.trim_vocab,
+        trim_keep_top=args.trim_keep_top,
     )
     distill_args = DistillArguments(
         alpha_task=1.0,
@@ -282,13 +299,20 @@ def cka_heatmap(teacher: Path, student: Path, texts: list[str], report_dir: Path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ckadistill.analysis import layer_cka_matrix, make_batches, save_cka_csv, save_cka_heatmap
+    from ckadistill.vocab import teacher_token_ids
 
-    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    # The student's tokenizer makes the batches; a student with a trimmed vocabulary has its own, and
+    # the teacher then reads the same tokens by its ids.
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher)
+    token_ids = None
+    if tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        token_ids = teacher_token_ids(tokenizer, teacher_tokenizer)
     batches = make_batches(
         tokenizer, texts, None, encoder_decoder=False, batch_size=16, max_length=max_length
     )
     load = AutoModelForSequenceClassification.from_pretrained
-    matrix = layer_cka_matrix(load(teacher), load(student), batches)
+    matrix = layer_cka_matrix(load(teacher), load(student), batches, teacher_token_ids=token_ids)
     pairs = json.loads((student / "layer_map.json").read_text())["pairs"]
     save_cka_csv(matrix, report_dir / "cka.csv")
     path = report_dir / "cka_heatmap.png"
@@ -301,6 +325,10 @@ def cka_heatmap(teacher: Path, student: Path, texts: list[str], report_dir: Path
 def write_report(
     report_dir: Path, table: str, args: QuickstartArguments, teacher: Path, timings: dict[str, float]
 ) -> Path:
+    trimmed = ""
+    if args.trim_vocab:
+        cap = f" (at most {args.trim_keep_top} tokens)" if args.trim_keep_top else ""
+        trimmed = f", with its vocabulary trimmed to the training articles{cap}"
     lines = [
         "# ckadistill quickstart: MiniLM → small student on BBC News",
         "",
@@ -308,7 +336,7 @@ def write_report(
         "Teacher: all-MiniLM-L6-v2 fine-tuned on the BBC News training split "
         f"(cached in `{teacher}`). Student: {args.student_layers} layers, width {args.student_hidden_size}, "
         f"`{args.student_init}` initialisation, distilled with CE + KL + Σ(1 − CKA) "
-        f"(hidden loss `{args.hidden_loss}`).",
+        f"(hidden loss `{args.hidden_loss}`){trimmed}.",
         "",
         "## Test split",
         "",
