@@ -1,16 +1,19 @@
-"""Global CKA across data-parallel processes, and gradient averaging for modules outside DDP (gloo, CPU)."""
+"""Global CKA across data-parallel processes, gradient averaging for modules outside DDP (gloo, CPU), and
+models loaded whole while ZeRO-3 or FSDP's rank-0 loading is configured."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ckadistill.distributed import average_gradients, gather_rows
+from ckadistill.distributed import average_gradients, gather_rows, whole_models
 from ckadistill.losses import linear_cka
 
 SHARDS = (7, 5)  # rows per process: unequal on purpose (real-token counts differ between batches)
@@ -103,3 +106,126 @@ def test_single_process_is_a_no_op():
     rows = torch.randn(4, 3, requires_grad=True)
     assert gather_rows(rows) is rows
     assert average_gradients(torch.nn.Linear(2, 2)) == []
+
+
+# ---- whole_models ----------------------------------------------------------------------------------
+
+
+class Zero3Config:
+    """Stands in for a live `HfDeepSpeedConfig` of ZeRO stage 3 (what `TrainingArguments(deepspeed=...)`
+    registers), for the checks that need no DeepSpeed installed."""
+
+    def __init__(self) -> None:
+        self.config = {"zero_optimization": {"stage": 3}}
+
+    def is_zero3(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def tiny_teacher(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32
+    )
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "teacher")
+    return tmp_path / "teacher"
+
+
+def test_whole_models_loads_whole_while_transformers_believes_zero3_is_on(tiny_teacher, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import BertForSequenceClassification
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    live = Zero3Config()  # held here: transformers keeps only a weak reference
+    set_hf_deepspeed_config(live)
+    try:
+        assert is_deepspeed_zero3_enabled()
+        with whole_models():
+            assert not is_deepspeed_zero3_enabled()
+            assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"
+            teacher = BertForSequenceClassification.from_pretrained(tiny_teacher)
+        assert is_deepspeed_zero3_enabled()  # restored for the Trainer
+        assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"
+        saved = load_file(tiny_teacher / "model.safetensors")
+        for name, tensor in teacher.state_dict().items():
+            if name in saved:
+                assert torch.equal(tensor, saved[name]), name
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def test_whole_models_restores_the_config_when_loading_fails():
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    live = Zero3Config()
+    set_hf_deepspeed_config(live)
+    try:
+        with pytest.raises(OSError), whole_models():
+            raise OSError("no such model")
+        assert is_deepspeed_zero3_enabled()
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def test_whole_models_changes_nothing_without_zero3_or_fsdp(monkeypatch):
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    monkeypatch.delenv("FSDP_CPU_RAM_EFFICIENT_LOADING", raising=False)
+    with whole_models():
+        assert not is_deepspeed_zero3_enabled()
+        assert "FSDP_CPU_RAM_EFFICIENT_LOADING" not in os.environ
+    assert not is_deepspeed_zero3_enabled()
+    assert "FSDP_CPU_RAM_EFFICIENT_LOADING" not in os.environ
+
+
+# With DeepSpeed installed, the real thing in a process of its own (zero.Init needs a process group):
+# a ZeRO-3 `HfDeepSpeedConfig` makes `from_pretrained` partition the model (empty tensors outside an
+# engine), and `whole_models` loads it whole beside it.
+REAL_ZERO3 = """
+import os, sys, torch
+import torch.distributed as dist
+from transformers import BertForSequenceClassification
+from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+from ckadistill.distributed import whole_models
+
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo")
+live = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+sharded = BertForSequenceClassification.from_pretrained(sys.argv[1])
+assert all(p.numel() == 0 and hasattr(p, "ds_id") for p in sharded.parameters()), "not partitioned"
+with whole_models():
+    whole = BertForSequenceClassification.from_pretrained(sys.argv[1])
+assert is_deepspeed_zero3_enabled()
+assert not any(hasattr(p, "ds_id") for p in whole.parameters())
+from safetensors.torch import load_file
+saved = load_file(os.path.join(sys.argv[1], "model.safetensors"))
+assert all(torch.equal(whole.state_dict()[k], v) for k, v in saved.items())
+print("ok")
+"""
+
+
+def test_whole_models_under_a_real_deepspeed_zero3_config(tiny_teacher, tmp_path):
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "zero3.py"
+    script.write_text(REAL_ZERO3, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_teacher), str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -8,9 +8,19 @@
 
 Both are no-ops in a single process. They work with any backend (gloo on CPUs, NCCL on GPUs): only
 `all_gather` and `all_reduce` are used.
+
+- `whole_models`: a context in which models load whole on every process, even when DeepSpeed ZeRO-3
+  (or FSDP's rank-0-only loading) is configured. The teacher is replicated, never sharded: it is frozen
+  and small next to the optimiser state ZeRO saves on the student, and a whole copy per process avoids
+  an all-gather per teacher layer per step. The student is built from it there too, and is partitioned
+  by DeepSpeed / FSDP when the Trainer wraps it.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -80,3 +90,35 @@ def average_gradients(module: nn.Module) -> list:
         param.grad.div_(size)
 
     return [p.register_post_accumulate_grad_hook(average) for p in module.parameters() if p.requires_grad]
+
+
+@contextmanager
+def whole_models() -> Iterator[None]:
+    """Models loaded or built inside are whole on every process: full tensors, nothing partitioned.
+
+    Once `TrainingArguments` name a ZeRO-3 DeepSpeed config (`--deepspeed`, or `accelerate launch` with
+    one), transformers' `from_pretrained` and `from_config` build every model under `deepspeed.zero.Init`,
+    which leaves each process a shard of every parameter (empty tensors outside a DeepSpeed engine). The
+    teacher never enters an engine, and the student is cut from the teacher's weights, so both must load
+    whole: transformers decides through a module-level reference to the live `HfDeepSpeedConfig`, unset
+    here (`unset_hf_deepspeed_config`) and restored on exit (`set_hf_deepspeed_config`). FSDP's
+    `cpu_ram_efficient_loading` leaves missing weights uninitialised on all but the first process (they
+    are meant to come from it when FSDP wraps the model, which never happens to the teacher), so it is
+    switched off here too. Outside ZeRO-3 and FSDP this changes nothing.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # transformers offers set/unset but no getter for the live config; the reference is a weakref.
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = reference() if reference is not None else None
+    ram_efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    hf_deepspeed.unset_hf_deepspeed_config()
+    if ram_efficient is not None:
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
+        if ram_efficient is not None:
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = ram_efficient
