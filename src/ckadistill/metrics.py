@@ -16,8 +16,14 @@ if TYPE_CHECKING:
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters, tied weights counted once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Number of parameters, tied weights counted once.
+
+    Whole sizes also for a model that DeepSpeed ZeRO-3 has partitioned (each process holds an empty
+    placeholder and a shard; `ds_numel` is the whole size) or FSDP2 has sharded (a DTensor's `numel` is
+    already the whole size).
+    """
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in unique)
 
 
 def measure_throughput(
