@@ -14,6 +14,7 @@ Hidden losses, each with its own trainer over the same models and batch:
     none         plain KD (task CE + logit KL): no hidden states asked for, no layer pairs
     mse_proj     TinyBERT's learned projection + MSE per pair (CKA per pair logged without gradient)
     cka          `1 - CKA` per pair (the default)
+    cka_1024     the same on at most 1,024 real tokens per stack and step (`--cka_max_tokens 1024`)
     cka_authors  the reference: the authors' form, float64, `1 - sqrt(CKA)`, rows selected per pair
 
 Timing: the variants take turns (one step each, round after round) so slow drift of the machine's load
@@ -47,7 +48,8 @@ from ckadistill.students import make_student
 from ckadistill.trainer import DistillationTrainer
 from machine import machine_line
 
-VARIANTS = ("none", "mse_proj", "cka", "cka_authors")
+VARIANTS = ("none", "mse_proj", "cka", "cka_1024", "cka_authors")
+CAPS = {"cka_1024": 1024}  # variant -> --cka_max_tokens
 SHAPES = {
     # teacher config, student (encoder, decoder) layers and width, batch, source and target lengths
     "bert-base": {"layers": (4, 0), "width": 384, "batch": 16, "source": 256, "target": 0},
@@ -124,7 +126,8 @@ def build_trainer(
     dec_pairs = [(0, 0), *evenly_spaced(dec_s, dec_t)] if dec_s else []
     hidden = variant != "none"
     distill_args = DistillArguments(
-        hidden_loss="cka" if variant == "cka_authors" else variant,
+        hidden_loss="cka" if variant in ("cka_authors", *CAPS) else variant,
+        cka_max_tokens=CAPS.get(variant),
         alpha_hidden=1.0 if hidden else 0.0,
         layer_map="uniform" if hidden else "none",
     )

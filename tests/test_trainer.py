@@ -129,6 +129,43 @@ def test_sequence_level_compares_mean_pooled_states(tokenizer, tmp_path):
     assert abs(token_level.compute_loss(token_level.model, inputs).item() - loss.item()) > 1e-3
 
 
+def test_cka_max_tokens_uses_one_draw_of_real_tokens_per_step(tokenizer, tmp_path):
+    inputs = batch(tokenizer)
+    mask = inputs["attention_mask"]
+    n = int(mask.sum())
+    trainer = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0, cka_max_tokens=n // 2)
+    trainer.model.eval()
+    trainer.state.global_step = 3
+    loss = trainer.compute_loss(trainer.model, inputs)
+
+    # Reference: the same draw (seed, step) of the real-token rows, shared by every pair.
+    generator = torch.Generator().manual_seed(trainer.args.seed * 1_000_003 + 3)
+    rows = torch.randperm(n, generator=generator)[: n // 2].sort().values
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    with torch.no_grad():
+        s = trainer.model(**features, output_hidden_states=True).hidden_states
+        t = trainer.teacher(**features, output_hidden_states=True).hidden_states
+    real = mask.reshape(-1).bool()
+    expected = sum(
+        1
+        - linear_cka(
+            s[i].reshape(-1, s[i].shape[-1])[real][rows], t[j].reshape(-1, t[j].shape[-1])[real][rows]
+        )
+        for i, j in PAIRS
+    )
+    torch.testing.assert_close(loss, expected)
+    full = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0)
+    full.model.eval()
+    assert abs(full.compute_loss(full.model, inputs).item() - loss.item()) > 1e-4  # a subset, not all rows
+    trainer.state.global_step = 4
+    assert abs(trainer.compute_loss(trainer.model, inputs).item() - loss.item()) > 1e-6  # a new draw per step
+    roomy = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0, cka_max_tokens=n)
+    roomy.model.eval()
+    torch.testing.assert_close(roomy.compute_loss(roomy.model, inputs), full.compute_loss(full.model, inputs))
+    with pytest.raises(ValueError, match="--cka_max_tokens must be at least 2"):
+        DistillArguments(cka_max_tokens=1)
+
+
 def test_linear_decay_schedule_scales_the_hidden_term(tokenizer, tmp_path):
     trainer = make_trainer(tokenizer, tmp_path, alpha_task=0.0, alpha_kd=0.0, hidden_schedule="linear_decay")
     trainer.model.eval()

@@ -491,6 +491,15 @@ class DistillArguments:
             "their gradients (the CKA of the global batch; costs one all-gather per layer pair)."
         },
     )
+    cka_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Compute each layer pair's CKA (loss and logged value) on at most N real tokens per "
+            "micro-batch, drawn at random each step, the same tokens for every pair of a stack. CKA's cost "
+            "grows linearly with tokens, so this caps it, at the price of a noisier estimate; unset = every "
+            "real token (the exact CKA of the micro-batch)."
+        },
+    )
     stop_on_nan: bool = field(
         default=True,
         metadata={
@@ -534,6 +543,11 @@ class DistillArguments:
             raise ValueError("--cache_teacher_dir keeps the teacher cache on disk: add --cache_teacher true")
         if self.cka_scope not in ("local", "global"):
             raise ValueError(f"--cka_scope must be local or global, got {self.cka_scope!r}")
+        if self.cka_max_tokens is not None and self.cka_max_tokens < 2:
+            raise ValueError(
+                f"--cka_max_tokens must be at least 2 (CKA compares two or more tokens), got {self.cka_max_tokens}; "
+                "leave it unset to use every real token"
+            )
         if self.pooled_loss not in ("auto", "cka", "cosine", "none"):
             raise ValueError(f"--pooled_loss must be auto, cka, cosine or none, got {self.pooled_loss!r}")
         if not 0.0 <= self.mlm_probability < 1.0:

@@ -636,11 +636,14 @@ class DistillationTrainer(Seq2SeqTrainer):
         """
         args = self.distill_args
         losses, ckas = [], []
+        draws: dict[int, Tensor] = {}  # --cka_max_tokens: one draw of rows per row count (= per stack)
         for k, (x, y) in enumerate(states):
+            cka_x, cka_y = self._cka_rows(x, y, draws)
             if args.cka_scope == "global" and args.hidden_loss in ("cka", "none"):
-                x, y = gather_rows(x), gather_rows(y)  # the rows of every process (no-op in one process)
+                # The rows of every process (no-op in one process).
+                cka_x, cka_y = gather_rows(cka_x), gather_rows(cka_y)
             if self.uses_hidden and args.hidden_loss == "cka":
-                loss = cka_loss(x, y, sqrt=args.cka_sqrt)
+                loss = cka_loss(cka_x, cka_y, sqrt=args.cka_sqrt)
                 gap = 1.0 - loss.detach()
                 ckas.append(gap.square() if args.cka_sqrt else gap)
                 losses.append(loss)
@@ -650,8 +653,22 @@ class DistillationTrainer(Seq2SeqTrainer):
             elif self.uses_hidden and args.hidden_loss == "mse_proj":
                 losses.append(projected_mse_loss(x, y, self.projections[k]))
             with torch.no_grad():
-                ckas.append(linear_cka(x.detach(), y))
+                ckas.append(linear_cka(cka_x.detach(), cka_y))
         return losses, ckas
+
+    def _cka_rows(self, x: Tensor, y: Tensor, draws: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
+        """The `(n, d)` rows CKA sees: all of them, or `--cka_max_tokens` drawn without replacement.
+
+        The draw depends only on the seed, the optimiser step and the row count, so a resumed run draws
+        what the uninterrupted one did; pairs of one stack (same count) share it.
+        """
+        cap, n = self.distill_args.cka_max_tokens, x.shape[0]
+        if cap is None or n <= cap:
+            return x, y
+        if n not in draws:
+            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+            draws[n] = torch.randperm(n, generator=generator)[:cap].sort().values.to(x.device)  # (cap,)
+        return x.index_select(0, draws[n]), y.index_select(0, draws[n])
 
     # ---- evaluation with generation ------------------------------------------------------------
 
