@@ -266,3 +266,42 @@ def test_cli_rejects_bad_input_before_loading(saved_models, tmp_path, capsys):
     assert cka_map_cmd.main([*argv, "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_trimmed_student_reads_its_own_tokenizer(saved_models, tmp_path, capsys):
+    from transformers import AutoTokenizer, BertModel
+
+    from ckadistill.vocab import trim_vocabulary
+
+    teacher_dir = saved_models["bert_teacher"]
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    kept_text = SENTENCES[:4]
+    trimmed, trimmed_tok, _ = trim_vocabulary(BertModel.from_pretrained(teacher_dir), tokenizer, kept_text)
+    assert trimmed.config.vocab_size < len(tokenizer)  # the student's ids differ from the teacher's
+    trimmed.save_pretrained(tmp_path / "trimmed")
+    trimmed_tok.save_pretrained(tmp_path / "trimmed")
+    (tmp_path / "kept.txt").write_text("\n".join(kept_text) + "\n")
+    argv = [
+        "--teacher",
+        teacher_dir,
+        "--student",
+        str(tmp_path / "trimmed"),
+        "--data",
+        str(tmp_path / "kept.txt"),
+    ]
+    argv += ["--output", str(tmp_path / "cka"), "--encoder-map", "0:0,1:1,2:2,3:3,4:4"]
+    assert cka_map_cmd.main(argv) == 0
+    matrix = load_cka_csv(tmp_path / "cka" / "encoder.csv")
+    # A trimmed copy of the teacher on text made of kept tokens is the teacher: CKA 1 on the diagonal.
+    np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-4)
+
+    # A student whose tokenizer is not a trimmed copy of the teacher's (here: the teacher's own, too big
+    # for the student's rows) is refused before any weights load.
+    foreign = tmp_path / "foreign"
+    trimmed.save_pretrained(foreign)
+    AutoTokenizer.from_pretrained(saved_models["bart_teacher"]).save_pretrained(foreign)
+    argv[3] = str(foreign)
+    argv[7] = str(tmp_path / "cka2")
+    assert cka_map_cmd.main(argv) == 2
+    assert "is not a trimmed copy of the teacher's" in capsys.readouterr().err
+    assert not (tmp_path / "cka2").exists()

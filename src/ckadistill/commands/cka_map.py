@@ -103,6 +103,7 @@ def main(argv: list[str]) -> int:
     from ckadistill.families import get_family, read_field
     from ckadistill.layer_maps import layer_map_for
     from ckadistill.runs import check_folder_is_free, check_model_folder
+    from ckadistill.vocab import teacher_token_ids
 
     # Phase 1: folders, layer maps, vocabularies and data, checked before any weights load.
     try:
@@ -124,21 +125,34 @@ def main(argv: list[str]) -> int:
         t_family, s_family = get_family(teacher_config), get_family(student_config)
         t_vocab = int(read_field(teacher_config, t_family.vocab))
         s_vocab = int(read_field(student_config, s_family.vocab))
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher)
+        token_ids = None
         if t_vocab != s_vocab:
-            raise ValueError(
-                f"teacher and student vocabularies differ ({t_vocab} vs {s_vocab}); both must read the same tokens"
-            )
+            # A student with a trimmed vocabulary (distill --trim_vocab, trim-vocab): its own tokenizer makes
+            # the batches, and the teacher reads the same tokens by its ids.
+            try:
+                student_tokenizer = AutoTokenizer.from_pretrained(args.student)
+                if len(student_tokenizer) > s_vocab:
+                    raise ValueError(
+                        f"it has {len(student_tokenizer)} tokens for the student's {s_vocab} rows"
+                    )
+                token_ids = teacher_token_ids(student_tokenizer, tokenizer)
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"teacher and student vocabularies differ ({t_vocab} vs {s_vocab}) and the student's tokenizer "
+                    f"is not a trimmed copy of the teacher's ({err}); both must read the same tokens"
+                ) from err
+            tokenizer = student_tokenizer
         texts, targets = read_texts(args.data, args.text_column, args.target_column, args.max_samples)
     except ValueError as err:
         print(f"ckadistill cka-map: error: {err}", file=sys.stderr)
         return 2
     logger.info("Read %d texts from %s", len(texts), args.data)
 
-    # Phase 2: models and tokenizer.
+    # Phase 2: models.
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher)
     teacher = getattr(transformers, t_family.auto_model).from_pretrained(args.teacher).to(device)
     student = getattr(transformers, s_family.auto_model).from_pretrained(args.student).to(device)
     encoder_decoder = bool(teacher.config.is_encoder_decoder)
@@ -161,7 +175,7 @@ def main(argv: list[str]) -> int:
     )
     for part, pairs in parts.items():
         logger.info("Computing the %s CKA map", part)
-        matrix = layer_cka_matrix(teacher, student, batches, part=part)
+        matrix = layer_cka_matrix(teacher, student, batches, part=part, teacher_token_ids=token_ids)
         title = f"{part} linear CKA: teacher {Path(args.teacher).name} (rows) vs student {Path(args.student).name} (columns)"
         save_cka_heatmap(matrix, output / f"{part}.png", title=title, pairs=list(pairs))
         save_cka_csv(matrix, output / f"{part}.csv")
