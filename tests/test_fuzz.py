@@ -328,6 +328,7 @@ def run_parse(argv: list[str]):
 @FAST
 @given(document=yaml_documents())
 @example(document=b"teacher: t\nstudent_layers: 2\nlayer_map: 3:6\n")
+@example(document=b"teacher: t\nstudent_layers: 2\nlogging_steps: .INF\n")
 @example(document=b"teacher: t\nstudent_layers: 2\nmax_length: null\n")
 @example(document=b"teacher: t\nstudent_layers: 2\n1: x\n")
 @example(document=b"teacher: [t\n")

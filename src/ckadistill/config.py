@@ -656,6 +656,13 @@ class TaskTrainingArguments(Seq2SeqTrainingArguments):
     )
 
     def __post_init__(self):
+        for name in ("logging_steps", "eval_steps", "save_steps", "warmup_steps"):
+            value = getattr(self, name)  # TrainingArguments turns these into step counts with int()
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(
+                    f"--{name} must be a finite number (a count of steps, or a fraction of the run below 1), "
+                    f"got {value}"
+                )
         super().__post_init__()
         # Pinned memory only speeds up copies to an accelerator; without one torch warns on every loader.
         if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
