@@ -335,7 +335,8 @@ class DistillModelArguments:
             ]
             if given:
                 raise ValueError(
-                    f"{' and '.join(given)} only apply to a trimmed student: add --trim_vocab true, or drop "
+                    f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only to a trimmed student: add "
+                    "--trim_vocab true, or drop "
                     f"{' and '.join(given)}"
                 )
 
