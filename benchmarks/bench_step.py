@@ -18,10 +18,11 @@ Hidden losses, each with its own trainer over the same models and batch:
     cka_authors  the reference: the authors' form, float64, `1 - sqrt(CKA)`, rows selected per pair
 
 Timing: the variants take turns (one step each, round after round) so slow drift of the machine's load
-hits them alike; the median of --steps timed rounds after --warmup rounds. Peak memory on the CPU: the
-growth of the maximum resident set size over two steps, each variant in a fresh subprocess
-(`ru_maxrss`, as the OS sees every allocation; the models themselves are excluded); on a GPU: the
-device's peak allocation during the variant's steps. `--bf16` runs the models under bf16 autocast
+hits them alike; the median of --steps timed rounds after --warmup rounds. Memory on the CPU: the
+bytes autograd keeps for backward during one step (activations and the losses' saved tensors, each
+storage once), each variant in a fresh subprocess; the process's resident size is no use here, as the
+allocator keeps freed memory and the figures moved by ±100 MiB between identical runs. On a GPU: the
+device's peak allocation during the variant's steps. `--memory_only` skips the timing. `--bf16` runs the models under bf16 autocast
 (the Trainer's `bf16=True`); the losses stay in fp32.
 
     .venv/bin/python benchmarks/bench_step.py                       # both shapes (about 10 minutes here)
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -167,19 +167,25 @@ def one_step(trainer: DistillationTrainer, batch: dict) -> float:
     return time.perf_counter() - start
 
 
-def max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def memory_worker(shape: str, variant: str) -> dict:
-    """Peak RSS growth over two steps of one variant, in this (fresh) process."""
+    """Bytes autograd keeps for the backward of one step of one variant: the activations and the loss's
+    saved tensors, each storage counted once (`saved_tensors_hooks` sees every tensor saved for
+    backward, custom functions' included). On a CPU this is the part of a step's memory that the
+    variants change, and unlike the process's resident size it does not depend on what the allocator
+    happens to keep cached."""
     teacher, student, batch = build_models(shape)
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(variant, teacher, student, shape, tmp)
-        baseline = max_rss_bytes()
-        for _ in range(2):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             one_step(trainer, batch)
-        return {"peak_bytes": max_rss_bytes() - baseline}
+    return {"peak_bytes": sum(storages.values())}
 
 
 def timings(
@@ -214,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="Untimed rounds first.")
     parser.add_argument("--steps", type=int, default=5, help="Timed rounds; the median is reported.")
     parser.add_argument("--no_memory", action="store_true", help="Skip the peak-memory subprocesses.")
+    parser.add_argument("--memory_only", action="store_true", help="Peak memory per variant, no timing.")
     parser.add_argument("--bf16", action="store_true", help="Models under bf16 autocast (GPU runs).")
     parser.add_argument("--memory_worker", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -230,11 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- {device}; median of {args.steps} timed steps after {args.warmup} warm-up, variants "
           f"interleaved; {precision}")  # fmt: skip
     print()
-    print("| shape | hidden loss | step ms | tokens/s | ratio to none | peak MiB |")
+    print("| shape | hidden loss | step ms | tokens/s | ratio to none | MiB kept for backward (GPU: peak) |")
     print("|---|---|---:|---:|---:|---:|")
     started = time.perf_counter()
     for shape in args.shapes:
-        times, peaks = timings(shape, args.variants, args.warmup, args.steps, args.bf16)
+        if args.memory_only:
+            times, peaks = {v: [float("nan")] for v in args.variants}, {}
+        else:
+            times, peaks = timings(shape, args.variants, args.warmup, args.steps, args.bf16)
         base = statistics.median(times["none"])
         spec = SHAPES[shape]
         tokens = spec["batch"] * (spec["source"] + spec["target"])

@@ -1,0 +1,218 @@
+"""Students past the vocabulary on BBC News: trimmed vocabularies against untrimmed students of one shape.
+
+The teacher is make run's (the packaged MiniLM fine-tuned on the BBC training articles, read from the
+quickstart cache or trained once). Every student is distilled with the default job's recipe (slice
+init, CE + KL + Σ CKA, 3 epochs at 5e-4, 192 tokens per article) and differs only in its shape and in
+`--trim_vocab --trim_keep_top K`: the student keeps the K tokens the training articles use most (plus
+the special tokens and WordPiece's single characters), the data is tokenised with its trimmed
+tokenizer, and the teacher reads the same tokens by its own ids.
+
+Shapes (parameters include the classifier head; compression is the teacher's parameters over the
+student's):
+
+    2x128            2 layers × 128, the whole 30,522-token vocabulary (make run's student, ~5×)
+    2x128-k14000     the same, 14,000 tokens (~10×)
+    2x128-k5000      the same, 5,000 tokens (~20×)
+    2x64             2 layers × 64, whole vocabulary (~11×)
+    2x64-k6000       6,000 tokens (~40×)
+    2x64-k2500       2,500 tokens (~70×)
+
+Each finished run is appended to benchmarks/results/trim_bbc.jsonl (kept in the repository) and skipped
+when the script runs again; runs over one teacher and one vocabulary share its outputs through
+--teacher_cache_dir.
+
+    python benchmarks/trim_bbc.py                                  # the whole grid, 3 seeds
+    python benchmarks/trim_bbc.py --students 2x128-k5000 --seeds 0 # a quick look
+    python benchmarks/trim_bbc.py --table_only                     # the table of every stored run
+"""
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ckadistill.bbc import write_splits
+from ckadistill.config import DataArguments, DistillArguments, DistillModelArguments, TaskTrainingArguments
+from ckadistill.quickstart import DATA_SEED, QuickstartArguments, train_teacher
+
+logger = logging.getLogger("trim_bbc")
+STUDENTS = {  # name: (layers, width, tokens kept or None for the whole vocabulary)
+    "2x128": (2, 128, None),
+    "2x128-k14000": (2, 128, 14000),
+    "2x128-k5000": (2, 128, 5000),
+    "2x64": (2, 64, None),
+    "2x64-k6000": (2, 64, 6000),
+    "2x64-k2500": (2, 64, 2500),
+}
+
+
+def parameters(model_dir: Path) -> int:
+    """Parameters stored in a model folder's safetensors file (tied weights are stored once)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return sum(prod(f.get_slice(name).get_shape()) for name in f.keys())  # noqa: SIM118 (the handle is not iterable)
+
+
+def distil(teacher: Path, files: dict, out: Path, student: str, seed: int, args) -> dict:
+    from ckadistill.tasks.classification import run_distill
+
+    quick = QuickstartArguments()
+    layers, width, keep = STUDENTS[student]
+    metrics = run_distill(
+        DistillModelArguments(
+            teacher=str(teacher),
+            student_layers=layers,
+            student_hidden_size=width,
+            student_init=quick.student_init,
+            trim_vocab=keep is not None,
+            trim_keep_top=keep,
+        ),
+        DataArguments(
+            train_file=str(files["train"]),
+            validation_file=str(files["validation"]),
+            test_file=str(files["test"]),
+            max_length=quick.max_length,
+        ),
+        DistillArguments(
+            cache_teacher=True, cache_teacher_dir=args.teacher_cache_dir, cka_max_tokens=args.cka_max_tokens
+        ),
+        TaskTrainingArguments(
+            overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
+            output_dir=str(out),
+            num_train_epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            warmup_steps=0.06,
+            weight_decay=0.01,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=50,
+            disable_tqdm=True,
+            seed=seed,
+        ),
+    )
+    config = json.loads((out / "config.json").read_text())
+    trim = (config.get("ckadistill") or {}).get("trim_vocab") or {}
+    return {
+        "accuracy": metrics["test_accuracy"],
+        "teacher_accuracy": metrics["teacher_test_accuracy"],
+        "parameters": parameters(out),
+        "teacher_parameters": parameters(teacher),
+        "bytes": (out / "model.safetensors").stat().st_size,
+        "teacher_bytes": (teacher / "model.safetensors").stat().st_size,
+        "vocab_size": config["vocab_size"],
+        "coverage": trim.get("coverage"),
+    }
+
+
+def fmt(values: list[float], scale: float = 100.0) -> str:
+    mean = statistics.fmean(values) * scale
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values) * scale:.2f}"
+
+
+def summarise(results: list[dict]) -> str:
+    """Markdown table: one row per student, mean ± sample std over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(
+            (r["student"], r["learning_rate"], r["epochs"], r.get("cka_max_tokens")), []
+        ).append(r)
+    lines = [
+        "| student | vocabulary | coverage | parameters | compression | MB on disk | lr, epochs | test accuracy "
+        "| share of teacher | seeds | minutes per run |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    if results:
+        t = results[0]
+        lines.append(
+            f"| teacher (MiniLM L6 × 384, fine-tuned) | 30,522 | — | {t['teacher_parameters']:,} | 1× | "
+            f"{t['teacher_bytes'] / 1e6:.1f} | — | {fmt([t['teacher_accuracy']])} | 100% | — | — |"
+        )
+    order = {name: i for i, name in enumerate(STUDENTS)}
+
+    def sort_key(item):
+        name, lr, epochs, cap = item[0]
+        return order[name], lr, epochs, cap or 0
+
+    for (name, lr, epochs, cap), runs in sorted(groups.items(), key=sort_key):
+        r = runs[0]
+        share = [x["accuracy"] / x["teacher_accuracy"] for x in runs]
+        coverage = f"{r['coverage']:.1%}" if r.get("coverage") is not None else "100%"
+        lines.append(
+            f"| {name}{f' (CKA on {cap} tokens)' if cap else ''} | {r['vocab_size']:,} | {coverage} | {r['parameters']:,} | "
+            f"{r['teacher_parameters'] / r['parameters']:.1f}× | {r['bytes'] / 1e6:.2f} | {lr:g}, {epochs:g} | "
+            f"{fmt([x['accuracy'] for x in runs])} | {fmt(share)}% | {len(runs)} | "
+            f"{statistics.fmean(x['minutes'] for x in runs):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output_dir", default="outputs/bench-trim")
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "trim_bbc.jsonl"))
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    quick = QuickstartArguments()
+    parser.add_argument("--epochs", type=float, default=quick.student_epochs, help="Distillation epochs.")
+    parser.add_argument("--learning_rate", type=float, default=quick.student_learning_rate)
+    parser.add_argument(
+        "--cka_max_tokens", type=int, default=None, help="CKA on at most N tokens per step (a cheaper step)."
+    )
+    parser.add_argument(
+        "--teacher_cache_dir",
+        default=None,
+        help="Keep the teacher's outputs here, shared by runs over one vocabulary "
+        "(default: <output_dir>/teacher-outputs).",
+    )
+    parser.add_argument("--table_only", action="store_true")
+    args = parser.parse_args()
+    results_file = Path(args.results)
+    results = [json.loads(line) for line in results_file.open()] if results_file.exists() else []
+    if args.table_only:
+        print(summarise(results))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transformers").setLevel(logging.WARNING)
+    out = Path(args.output_dir)
+    args.teacher_cache_dir = args.teacher_cache_dir or str(out / "teacher-outputs")
+    files = write_splits(out / "bbc", seed=DATA_SEED)
+    teacher = train_teacher(QuickstartArguments(), files)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    done = {
+        (r["student"], r["learning_rate"], r["epochs"], r.get("cka_max_tokens"), r["seed"]) for r in results
+    }
+    for seed in args.seeds:  # seeds outermost: a partial grid still covers every student
+        for student in args.students:
+            if (student, args.learning_rate, args.epochs, args.cka_max_tokens, seed) in done:
+                continue
+            start = time.perf_counter()
+            row = {
+                "student": student,
+                "learning_rate": args.learning_rate,
+                "epochs": args.epochs,
+                "cka_max_tokens": args.cka_max_tokens,
+                "seed": seed,
+            }
+            cap = f"-cka{args.cka_max_tokens}" if args.cka_max_tokens else ""
+            run_dir = out / "runs" / f"{student}-lr{args.learning_rate:g}-e{args.epochs:g}{cap}-s{seed}"
+            row.update(distil(teacher, files, run_dir, student, seed, args))
+            row["minutes"] = (time.perf_counter() - start) / 60
+            with results_file.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            results.append(row)
+            logger.info("%s", row)
+    print(summarise(results))
+
+
+if __name__ == "__main__":
+    main()
