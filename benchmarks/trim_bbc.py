@@ -24,6 +24,11 @@ when the script runs again; runs over one teacher and one vocabulary share its o
     python benchmarks/trim_bbc.py                                  # the whole grid, 3 seeds
     python benchmarks/trim_bbc.py --students 2x128-k5000 --seeds 0 # a quick look
     python benchmarks/trim_bbc.py --table_only                     # the table of every stored run
+    python benchmarks/trim_bbc.py --teacher_on_trimmed 5000 14000  # the teacher reading trimmed tokens
+
+`--teacher_on_trimmed K...` trains nothing: it scores the teacher on the test articles as a trimmed
+student's data reaches it (the K-token tokenizer's pieces, by the teacher's ids), which is the quality
+of the signal every K-token student is distilled from.
 """
 
 import argparse
@@ -112,6 +117,53 @@ def distil(teacher: Path, files: dict, out: Path, student: str, seed: int, args)
     }
 
 
+def teacher_on_trimmed(teacher: Path, files: dict, sizes: list[int]) -> str:
+    """Markdown table: the teacher's test accuracy on its own tokens and on each K-token trimmed
+    tokenizer's pieces (mapped to its ids), with the coverage of the test tokens."""
+    import csv
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ckadistill.vocab import coverage_counts, teacher_token_ids, trim_vocabulary
+
+    def read(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    train, test = read(files["train"]), read(files["test"])
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    labels = [model.config.label2id[r["label"]] for r in test]
+    texts = [r["text"] for r in test]
+    max_length = QuickstartArguments().max_length
+
+    @torch.no_grad()
+    def accuracy(tok, token_ids=None) -> float:
+        right = 0
+        for i in range(0, len(texts), 32):
+            batch = tok(
+                texts[i : i + 32], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            if token_ids is not None:
+                batch["input_ids"] = token_ids[batch["input_ids"]]  # the trimmed pieces, as teacher ids
+            predictions = model(**batch).logits.argmax(-1).tolist()
+            right += sum(p == y for p, y in zip(predictions, labels[i : i + 32], strict=True))
+        return right / len(texts)
+
+    lines = [
+        "| tokens kept | coverage of test tokens | teacher test accuracy |",
+        "|---:|---:|---:|",
+        f"| {len(tokenizer):,} (all) | 100% | {accuracy(tokenizer):.2%} |",
+    ]
+    for size in sorted(sizes, reverse=True):
+        _, trimmed, _ = trim_vocabulary(model, tokenizer, [r["text"] for r in train], keep_top=size)
+        token_ids = teacher_token_ids(trimmed, tokenizer)
+        same, total = coverage_counts(tokenizer, trimmed, token_ids.tolist(), texts)
+        lines.append(f"| {size:,} | {same / total:.1%} | {accuracy(trimmed, token_ids):.2%} |")
+    return "\n".join(lines)
+
+
 def fmt(values: list[float], scale: float = 100.0) -> str:
     mean = statistics.fmean(values) * scale
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values) * scale:.2f}"
@@ -175,6 +227,13 @@ def main() -> None:
         "(default: <output_dir>/teacher-outputs).",
     )
     parser.add_argument("--table_only", action="store_true")
+    parser.add_argument(
+        "--teacher_on_trimmed",
+        nargs="+",
+        type=int,
+        metavar="K",
+        help="Score the teacher on K-token trimmed test data for each K; train nothing.",
+    )
     args = parser.parse_args()
     results_file = Path(args.results)
     results = [json.loads(line) for line in results_file.open()] if results_file.exists() else []
@@ -187,6 +246,9 @@ def main() -> None:
     args.teacher_cache_dir = args.teacher_cache_dir or str(out / "teacher-outputs")
     files = write_splits(out / "bbc", seed=DATA_SEED)
     teacher = train_teacher(QuickstartArguments(), files)
+    if args.teacher_on_trimmed:
+        print(teacher_on_trimmed(teacher, files, args.teacher_on_trimmed))
+        return
     results_file.parent.mkdir(parents=True, exist_ok=True)
     done = {
         (r["student"], r["learning_rate"], r["epochs"], r.get("cka_max_tokens"), r["seed"]) for r in results
