@@ -24,7 +24,11 @@ Scores: BLEU and chrF (sacrebleu) on the test sentences, greedy decoding; latenc
 number of tokens at batch 1 and 16. Each finished run is appended to
 benchmarks/results/translation_bbc.jsonl (kept in the repository) and skipped when the script runs again.
 
-    python benchmarks/translation_bbc.py                 # data, teacher and the whole grid (hours on 2 CPU cores)
+Time on 2 CPU cores (torch 2.13 CPU): data about 4 min (translation, once), the teacher about 40 min on 2
+threads, each student 24-29 min on one thread beside another (so the 18-run grid is about 4 hours with
+two processes: give each process a disjoint part through --inits / --losses / --seeds, one --results file).
+
+    python benchmarks/translation_bbc.py                 # data, teacher and the whole grid
     python benchmarks/translation_bbc.py --seeds 0 --inits slice --losses cka none   # a quick look
     python benchmarks/translation_bbc.py --table_only    # the table of every stored run
 """
