@@ -125,7 +125,7 @@ def teacher_on_trimmed(teacher: Path, files: dict, sizes: list[int]) -> str:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ckadistill.vocab import coverage_counts, teacher_token_ids, trim_vocabulary
+    from ckadistill.vocab import teacher_token_ids, trim_vocabulary
 
     def read(path):
         with open(path, newline="", encoding="utf-8") as f:
@@ -157,10 +157,11 @@ def teacher_on_trimmed(teacher: Path, files: dict, sizes: list[int]) -> str:
         f"| {len(tokenizer):,} (all) | 100% | {accuracy(tokenizer):.2%} |",
     ]
     for size in sorted(sizes, reverse=True):
-        _, trimmed, _ = trim_vocabulary(model, tokenizer, [r["text"] for r in train], keep_top=size)
+        _, trimmed, info = trim_vocabulary(  # coverage measured on the test texts
+            model, tokenizer, [r["text"] for r in train], keep_top=size, heldout=texts
+        )
         token_ids = teacher_token_ids(trimmed, tokenizer)
-        same, total = coverage_counts(tokenizer, trimmed, token_ids.tolist(), texts)
-        lines.append(f"| {size:,} | {same / total:.1%} | {accuracy(trimmed, token_ids):.2%} |")
+        lines.append(f"| {size:,} | {info['coverage']:.1%} | {accuracy(trimmed, token_ids):.2%} |")
     return "\n".join(lines)
 
 
