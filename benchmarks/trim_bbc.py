@@ -25,6 +25,7 @@ when the script runs again; runs over one teacher and one vocabulary share its o
     python benchmarks/trim_bbc.py --students 2x128-k5000 --seeds 0 # a quick look
     python benchmarks/trim_bbc.py --table_only                     # the table of every stored run
     python benchmarks/trim_bbc.py --teacher_on_trimmed 5000 14000  # the teacher reading trimmed tokens
+    python benchmarks/trim_bbc.py --students 2x128-k5000 --augment 2  # teacher-labelled perturbed copies
 
 `--teacher_on_trimmed K...` trains nothing: it scores the teacher on the test articles as a trimmed
 student's data reaches it (the K-token tokenizer's pieces, by the teacher's ids), which is the quality
@@ -85,6 +86,7 @@ def distil(teacher: Path, files: dict, out: Path, student: str, seed: int, args)
             validation_file=str(files["validation"]),
             test_file=str(files["test"]),
             max_length=quick.max_length,
+            augment=args.augment,
         ),
         DistillArguments(
             cache_teacher=True, cache_teacher_dir=args.teacher_cache_dir, cka_max_tokens=args.cka_max_tokens
@@ -175,7 +177,7 @@ def summarise(results: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault(
-            (r["student"], r["learning_rate"], r["epochs"], r.get("cka_max_tokens")), []
+            (r["student"], r["learning_rate"], r["epochs"], r.get("cka_max_tokens"), r.get("augment", 0)), []
         ).append(r)
     lines = [
         "| student | vocabulary | coverage | parameters | compression | MB on disk | lr, epochs | test accuracy "
@@ -191,15 +193,16 @@ def summarise(results: list[dict]) -> str:
     order = {name: i for i, name in enumerate(STUDENTS)}
 
     def sort_key(item):
-        name, lr, epochs, cap = item[0]
-        return order[name], lr, epochs, cap or 0
+        name, lr, epochs, cap, augment = item[0]
+        return order[name], lr, epochs, cap or 0, augment
 
-    for (name, lr, epochs, cap), runs in sorted(groups.items(), key=sort_key):
+    for (name, lr, epochs, cap, augment), runs in sorted(groups.items(), key=sort_key):
         r = runs[0]
         share = [x["accuracy"] / x["teacher_accuracy"] for x in runs]
         coverage = f"{r['coverage']:.1%}" if r.get("coverage") is not None else "100%"
         lines.append(
-            f"| {name}{f' (CKA on {cap} tokens)' if cap else ''} | {r['vocab_size']:,} | {coverage} | {r['parameters']:,} | "
+            f"| {name}{f' (CKA on {cap} tokens)' if cap else ''}{f', {augment} augmented copies' if augment else ''} "
+            f"| {r['vocab_size']:,} | {coverage} | {r['parameters']:,} | "
             f"{r['teacher_parameters'] / r['parameters']:.1f}× | {r['bytes'] / 1e6:.2f} | {lr:g}, {epochs:g} | "
             f"{fmt([x['accuracy'] for x in runs])} | {fmt(share)}% | {len(runs)} | "
             f"{statistics.fmean(x['minutes'] for x in runs):.1f} |"
@@ -220,6 +223,12 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=quick.student_learning_rate)
     parser.add_argument(
         "--cka_max_tokens", type=int, default=None, help="CKA on at most N tokens per step (a cheaper step)."
+    )
+    parser.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        help="Perturbed copies of every training article, labelled by the teacher (ckadistill's --augment).",
     )
     parser.add_argument(
         "--teacher_cache_dir",
@@ -252,11 +261,19 @@ def main() -> None:
         return
     results_file.parent.mkdir(parents=True, exist_ok=True)
     done = {
-        (r["student"], r["learning_rate"], r["epochs"], r.get("cka_max_tokens"), r["seed"]) for r in results
+        (
+            r["student"],
+            r["learning_rate"],
+            r["epochs"],
+            r.get("cka_max_tokens"),
+            r.get("augment", 0),
+            r["seed"],
+        )
+        for r in results
     }
     for seed in args.seeds:  # seeds outermost: a partial grid still covers every student
         for student in args.students:
-            if (student, args.learning_rate, args.epochs, args.cka_max_tokens, seed) in done:
+            if (student, args.learning_rate, args.epochs, args.cka_max_tokens, args.augment, seed) in done:
                 continue
             start = time.perf_counter()
             row = {
@@ -264,9 +281,11 @@ def main() -> None:
                 "learning_rate": args.learning_rate,
                 "epochs": args.epochs,
                 "cka_max_tokens": args.cka_max_tokens,
+                "augment": args.augment,
                 "seed": seed,
             }
             cap = f"-cka{args.cka_max_tokens}" if args.cka_max_tokens else ""
+            cap += f"-aug{args.augment}" if args.augment else ""
             run_dir = out / "runs" / f"{student}-lr{args.learning_rate:g}-e{args.epochs:g}{cap}-s{seed}"
             row.update(distil(teacher, files, run_dir, student, seed, args))
             row["minutes"] = (time.perf_counter() - start) / 60
