@@ -334,6 +334,32 @@ def test_cache_teacher_is_rejected_for_encoder_decoders(tmp_path):
         make_trainer(tmp_path, cache_teacher=True)
 
 
+def test_length_grouped_batches_cut_the_padding(tmp_path):
+    """`--train_sampling_strategy group_by_length` (the Trainer's LengthGroupedSampler) works through
+    the distillation trainer: 48 sources of lengths 4..9 in batches of 4 (mega-batches of 3 batches,
+    each sorted by length) carry far less padding than random batches."""
+
+    def positions(strategy: str) -> tuple[int, int]:
+        args = training_args(tmp_path, train_sampling_strategy=strategy, per_device_train_batch_size=4)
+        trainer = make_trainer(tmp_path, args=args)
+        trainer.train_dataset = rows(48)
+        batches = list(trainer.get_train_dataloader())
+        assert len(batches) == 12
+        return sum(b["input_ids"].numel() for b in batches), sum(
+            int(b["attention_mask"].sum()) for b in batches
+        )
+
+    random_padded, real = positions("random")
+    grouped_padded, grouped_real = positions("group_by_length")
+    assert grouped_real == real == sum(4 + (i * 5) % 6 for i in range(48))
+    assert grouped_padded - real < (random_padded - real) / 2
+
+    args = training_args(tmp_path, train_sampling_strategy="group_by_length", per_device_train_batch_size=4)
+    trainer = make_trainer(tmp_path, args=args)
+    trainer.train()
+    assert all(math.isfinite(e["loss/hidden"]) for e in trainer.state.log_history if "loss" in e)
+
+
 # ---- evaluation with generation -----------------------------------------------------------------
 
 
