@@ -49,26 +49,31 @@ STRATEGIES = ("random", "group_by_length")
 TRANSLATION_RUN = Path("outputs/bench-translation")
 
 
-def real_token_share(tokenizer, rows: list[dict], args, strategy: str) -> tuple[float, float]:
-    """(source, target) real tokens over padded positions across one epoch of `strategy`'s batches."""
-    from transformers.trainer_pt_utils import get_length_grouped_indices
-
+def token_lengths(tokenizer, rows: list[dict], args) -> tuple[list[int], list[int]]:
+    """Source and target token counts of every training pair, truncated as training truncates them."""
     sources = tokenizer([r[args.source_column] for r in rows], truncation=True, max_length=args.max_length)
     targets = tokenizer(
         text_target=[r[args.target_column] for r in rows], truncation=True, max_length=args.max_length
     )
-    source_lengths = [len(ids) for ids in sources["input_ids"]]
-    target_lengths = [len(ids) for ids in targets["input_ids"]]
+    return [len(ids) for ids in sources["input_ids"]], [len(ids) for ids in targets["input_ids"]]
+
+
+def real_token_share(
+    source_lengths: list[int], target_lengths: list[int], batch_size: int, strategy: str
+) -> tuple[float, float]:
+    """(source, target) real tokens over padded positions across one epoch of `strategy`'s batches."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
     generator = torch.Generator().manual_seed(0)
     if strategy == "random":
-        order = torch.randperm(len(rows), generator=generator).tolist()
+        order = torch.randperm(len(source_lengths), generator=generator).tolist()
     else:  # what LengthGroupedSampler yields: grouped by the source (the first model input)
-        order = get_length_grouped_indices(source_lengths, args.batch_size, generator=generator)
+        order = get_length_grouped_indices(source_lengths, batch_size, generator=generator)
     shares = []
     for lengths in (source_lengths, target_lengths):
         real = padded = 0
-        for i in range(0, len(order), args.batch_size):
-            batch = [lengths[j] for j in order[i : i + args.batch_size]]
+        for i in range(0, len(order), batch_size):
+            batch = [lengths[j] for j in order[i : i + batch_size]]
             real, padded = real + sum(batch), padded + max(batch) * len(batch)
         shares.append(real / padded)
     return shares[0], shares[1]
@@ -153,7 +158,8 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
     with open(args.train_file, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    shares = {s: real_token_share(tokenizer, rows, args, s) for s in STRATEGIES}
+    lengths = token_lengths(tokenizer, rows, args)  # once: the shares of both strategies read them
+    shares = {s: real_token_share(*lengths, args.batch_size, s) for s in STRATEGIES}
 
     seconds: dict[str, list[float]] = {s: [] for s in STRATEGIES}
     start = time.perf_counter()

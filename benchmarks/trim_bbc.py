@@ -169,6 +169,18 @@ def teacher_on_trimmed(teacher: Path, files: dict, sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+def run_key(r: dict) -> tuple:
+    """What makes a stored run the same run: student, recipe and seed (older rows have no augment)."""
+    return (
+        r["student"],
+        r["learning_rate"],
+        r["epochs"],
+        r.get("cka_max_tokens"),
+        r.get("augment", 0),
+        r["seed"],
+    )
+
+
 def fmt(values: list[float], scale: float = 100.0) -> str:
     mean = statistics.fmean(values) * scale
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values) * scale:.2f}"
@@ -178,9 +190,7 @@ def summarise(results: list[dict]) -> str:
     """Markdown table: one row per student, mean ± sample std over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault(
-            (r["student"], r["learning_rate"], r["epochs"], r.get("cka_max_tokens"), r.get("augment", 0)), []
-        ).append(r)
+        groups.setdefault(run_key(r)[:-1], []).append(r)  # the seeds of one setting
     lines = [
         "| student | vocabulary | coverage | parameters | compression | MB on disk | lr, epochs | test accuracy "
         "| share of teacher | seeds | minutes per run |",
@@ -262,22 +272,9 @@ def main() -> None:
         print(teacher_on_trimmed(teacher, files, args.teacher_on_trimmed))
         return
     results_file.parent.mkdir(parents=True, exist_ok=True)
-    done = {
-        (
-            r["student"],
-            r["learning_rate"],
-            r["epochs"],
-            r.get("cka_max_tokens"),
-            r.get("augment", 0),
-            r["seed"],
-        )
-        for r in results
-    }
+    done = {run_key(r) for r in results}
     for seed in args.seeds:  # seeds outermost: a partial grid still covers every student
         for student in args.students:
-            if (student, args.learning_rate, args.epochs, args.cka_max_tokens, args.augment, seed) in done:
-                continue
-            start = time.perf_counter()
             row = {
                 "student": student,
                 "learning_rate": args.learning_rate,
@@ -286,6 +283,9 @@ def main() -> None:
                 "augment": args.augment,
                 "seed": seed,
             }
+            if run_key(row) in done:
+                continue
+            start = time.perf_counter()
             cap = f"-cka{args.cka_max_tokens}" if args.cka_max_tokens else ""
             cap += f"-aug{args.augment}" if args.augment else ""
             run_dir = out / "runs" / f"{student}-lr{args.learning_rate:g}-e{args.epochs:g}{cap}-s{seed}"
