@@ -25,8 +25,8 @@ number of tokens at batch 1 and 16. Each finished run is appended to
 benchmarks/results/translation_bbc.jsonl (kept in the repository) and skipped when the script runs again.
 
 Time on 2 CPU cores (torch 2.13 CPU): data about 4 min (translation, once), the teacher about 40 min on 2
-threads, each student 24-29 min on one thread beside another (so the 18-run grid is about 4 hours with
-two processes: give each process a disjoint part through --inits / --losses / --seeds, one --results file).
+threads, each student 24-29 min on one thread beside another: the students train in --workers processes
+side by side (default 2), so the 18-run grid is about 4 hours.
 
     python benchmarks/translation_bbc.py                 # data, teacher and the whole grid
     python benchmarks/translation_bbc.py --seeds 0 --inits slice --losses cka none   # a quick look
@@ -58,6 +58,7 @@ from ckadistill.quickstart import DATA_SEED, remove_checkpoints
 from ckadistill.tasks.seq2seq import run_distill, run_finetune
 from ckadistill.tasks.seq2seq_evaluate import evaluate_models
 from ckadistill.tasks.seq2seq_metrics import split_sentences
+from grid import run_grid
 
 logger = logging.getLogger("translation_bbc")
 SPLIT_SIZES = {"train": 20000, "validation": 300, "test": 600}  # sentences per split (at most)
@@ -320,6 +321,16 @@ def evaluate(model_dir: Path, splits) -> dict:
     return row
 
 
+def student_run(job: tuple) -> dict:
+    """Distil and score one student of the grid (a worker process runs this); returns its stored row."""
+    entry, splits, run_dir, args = job
+    start = time.perf_counter()
+    teacher = Path(entry["teacher"])
+    distil(teacher, splits, run_dir, init=entry["init"], loss=entry["loss"], seed=entry["seed"], args=args)
+    row = evaluate(run_dir, splits)
+    return {**entry, "minutes": (time.perf_counter() - start) / 60, **row}
+
+
 def run_key(r: dict) -> tuple:
     return (r["teacher"], r["init"], r["loss"], r["layers"], r["width"], r["epochs"], r["seed"])
 
@@ -398,11 +409,14 @@ def main() -> None:
         "--losses", nargs="+", default=["cka", "mse_proj", "none"], choices=["cka", "mse_proj", "none"]
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--workers", type=int, default=2, help="Student runs side by side, in separate processes."
+    )
     parser.add_argument("--data_only", action="store_true", help="Write the parallel splits and stop.")
     parser.add_argument(
         "--teacher_only",
         action="store_true",
-        help="Stop after the teacher (run the grid in other processes).",
+        help="Stop after the teacher.",
     )
     parser.add_argument(
         "--table_only", action="store_true", help="Print the table of --results; train nothing."
@@ -415,6 +429,8 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.WARNING)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
 
     out = Path(args.output_dir)
     start = time.perf_counter()
@@ -445,23 +461,27 @@ def main() -> None:
         return
 
     done = {run_key(r) for r in results if r["model"] == "student"}
+    jobs = []
     for seed in args.seeds:  # seeds outermost: a partial grid still covers every cell
         for init in args.inits:
             for loss in args.losses:
                 entry = {"model": "student", "init": init, "loss": loss, "layers": args.student_layers}
                 entry.update(width=args.student_width)
                 entry.update(epochs=args.student_epochs, seed=seed, teacher=str(teacher))
-                if run_key(entry) in done:
-                    continue
-                start = time.perf_counter()
-                run_dir = (
-                    out / "runs" / f"{name}-{init}-{loss}-{args.student_layers}x{args.student_width}"
-                    f"-e{args.student_epochs:g}-s{seed}"
-                )
-                distil(teacher, splits, run_dir, init=init, loss=loss, seed=seed, args=args)
-                row = evaluate(run_dir, splits)
-                record({**entry, "minutes": (time.perf_counter() - start) / 60, **row})
-                logger.info("%s: BLEU %.2f, chrF %.2f", run_key(entry), row["bleu"], row["chrf"])
+                if run_key(entry) not in done:
+                    run_dir = (
+                        out / "runs" / f"{name}-{init}-{loss}-{args.student_layers}x{args.student_width}"
+                        f"-e{args.student_epochs:g}-s{seed}"
+                    )
+                    jobs.append((entry, splits, run_dir, args))
+
+    def record_student(row: dict) -> None:
+        record(row)
+        logger.info("%s: BLEU %.2f, chrF %.2f", run_key(row), row["bleu"], row["chrf"])
+
+    start = time.perf_counter()
+    run_grid(jobs, student_run, record_student, workers=args.workers)
+    logger.info("%d student runs in %.1f min", len(jobs), (time.perf_counter() - start) / 60)
     print(summarise(results))
 
 
