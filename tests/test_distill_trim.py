@@ -355,18 +355,20 @@ def test_quickstart_trim_flags_reach_the_distillation(monkeypatch, tmp_path, cap
     from ckadistill.commands.quickstart import parse
     from ckadistill.quickstart import distil_student
 
-    task, args = parse(
-        ["--trim_vocab", "true", "--trim_keep_top", "5000", "--output_dir", str(tmp_path / "q")]
-    )
+    argv = ["--trim_vocab", "true", "--trim_keep_top", "5000", "--cka_max_tokens", "1024"]
+    task, args = parse([*argv, "--output_dir", str(tmp_path / "q")])
     assert task == "classification" and args.trim_vocab and args.trim_keep_top == 5000
     seen = []
     monkeypatch.setattr(
-        classification, "run_distill", lambda model_args, *rest: seen.append(model_args) or {}
+        classification,
+        "run_distill",
+        lambda model_args, data_args, distill_args, *rest: seen.append((model_args, distill_args)) or {},
     )
     splits = {split: tmp_path / f"{split}.csv" for split in ("train", "validation", "test")}
     distil_student(args, splits, tmp_path / "teacher", tmp_path / "student")
-    (model_args,) = seen
+    ((model_args, distill_args),) = seen
     assert model_args.trim_vocab and model_args.trim_keep_top == 5000 and model_args.trim_min_count == 1
+    assert distill_args.cka_max_tokens == 1024
 
     assert quickstart_main(["--trim_keep_top", "5000", "--output_dir", str(tmp_path / "q")]) == 2
     assert "--trim_vocab true" in capsys.readouterr().err

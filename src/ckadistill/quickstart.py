@@ -110,6 +110,13 @@ class QuickstartArguments:
         default=None,
         metadata={"help": "With --trim_vocab: at most this many tokens in the student's vocabulary."},
     )
+    cka_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "CKA on at most N tokens per step, drawn at random (a cheaper step; see distill "
+            "--cka_max_tokens); unset = every token."
+        },
+    )
     student_epochs: float = field(default=3.0, metadata={"help": "Distillation epochs of the student."})
     student_learning_rate: float = field(
         default=5e-4, metadata={"help": "Peak learning rate of the student."}
@@ -267,6 +274,7 @@ def distil_student(
         hidden_loss=args.hidden_loss,
         hidden_reduction="sum",
         layer_map="uniform",
+        cka_max_tokens=args.cka_max_tokens,
         cache_teacher=True,  # one teacher pass instead of one per epoch
     )
     from ckadistill.runs import last_complete_checkpoint
