@@ -14,6 +14,7 @@ student's):
     2x128-k14000     the same, 14,000 tokens (~10×)
     2x128-k5000      the same, 5,000 tokens (~20×)
     2x96-k8000       2 layers × 96, 8,000 tokens (~21×: more of the vocabulary, less width)
+    2x96-k8800       the same, 8,800 tokens (~20×: the most tokens a 96-wide student keeps at 20×)
     2x64             2 layers × 64, whole vocabulary (~11×)
     2x64-k6000       6,000 tokens (~40×)
     2x64-k2500       2,500 tokens (~70×)
@@ -53,6 +54,7 @@ STUDENTS = {  # name: (layers, width, tokens kept or None for the whole vocabula
     "2x128-k14000": (2, 128, 14000),
     "2x128-k5000": (2, 128, 5000),
     "2x96-k8000": (2, 96, 8000),
+    "2x96-k8800": (2, 96, 8800),
     "2x64": (2, 64, None),
     "2x64-k6000": (2, 64, 6000),
     "2x64-k2500": (2, 64, 2500),
