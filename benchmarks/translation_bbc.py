@@ -288,7 +288,9 @@ def distil(teacher: Path, splits, out: Path, *, init: str, loss: str, seed: int,
             student_init=init,
         ),
         data_args(splits),
-        DistillArguments.seq2seq_paper(loss),
+        DistillArguments.seq2seq_paper(
+            loss, **({"alpha_hidden": args.alpha_hidden} if loss != "none" else {})
+        ),
         TaskTrainingArguments(
             overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
             output_dir=str(out),
@@ -332,7 +334,9 @@ def student_run(job: tuple) -> dict:
 
 
 def run_key(r: dict) -> tuple:
-    return (r["teacher"], r["init"], r["loss"], r["layers"], r["width"], r["epochs"], r["seed"])
+    """What makes a stored run the same run (rows without `alpha_hidden` ran at the paper's weight 1)."""
+    alpha = 0.0 if r["loss"] == "none" else r.get("alpha_hidden", 1.0)
+    return (r["teacher"], r["init"], r["loss"], alpha, r["layers"], r["width"], r["epochs"], r["seed"])
 
 
 def summarise(results: list[dict]) -> str:
@@ -364,13 +368,13 @@ def summarise(results: list[dict]) -> str:
             f"| random | — | {t['epochs']:g} | {t['parameters']:,} | 1× | {t['bleu']:.2f} | {t['chrf']:.2f} | "
             f"100% | {latency([t])} | — | {t['minutes']:.1f} |"
         )
-        for (_, init, loss, layers, width, epochs), runs in sorted(groups.items()):
+        for (_, init, loss, alpha, layers, width, epochs), runs in sorted(groups.items()):
             if _ != path:
                 continue
             bleu = statistics.fmean(r["bleu"] for r in runs)
             relative = f"{bleu / t['bleu']:.1%}" if t["bleu"] else "-"
             lines.append(
-                f"| student {layers}+{layers} × {width} | {init} | {loss} | {epochs:g} | {runs[0]['parameters']:,} | "
+                f"| student {layers}+{layers} × {width} | {init} | {loss}{f' × {alpha:g}' if alpha not in (0, 1) else ''} | {epochs:g} | {runs[0]['parameters']:,} | "
                 f"{t['parameters'] / runs[0]['parameters']:.2f}× | {fmt([r['bleu'] for r in runs])} | "
                 f"{fmt([r['chrf'] for r in runs])} | {relative} | {latency(runs)} | {len(runs)} | "
                 f"{statistics.fmean(r['minutes'] for r in runs):.1f} |"
@@ -404,6 +408,12 @@ def main() -> None:
     parser.add_argument("--student_width", type=int, default=96, help="Width of the students (heads of 32).")
     parser.add_argument("--student_epochs", type=float, default=2.0)
     parser.add_argument("--student_learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--alpha_hidden",
+        type=float,
+        default=1.0,
+        help="Weight of each hidden-loss pair (the paper's: 1); the table marks other weights.",
+    )
     parser.add_argument("--inits", nargs="+", default=["slice", "pca"], choices=["slice", "pca", "random"])
     parser.add_argument(
         "--losses", nargs="+", default=["cka", "mse_proj", "none"], choices=["cka", "mse_proj", "none"]
@@ -468,10 +478,13 @@ def main() -> None:
                 entry = {"model": "student", "init": init, "loss": loss, "layers": args.student_layers}
                 entry.update(width=args.student_width)
                 entry.update(epochs=args.student_epochs, seed=seed, teacher=str(teacher))
+                if loss != "none":
+                    entry["alpha_hidden"] = args.alpha_hidden
                 if run_key(entry) not in done:
+                    weight = entry.get("alpha_hidden", 1.0)
                     run_dir = (
                         out / "runs" / f"{name}-{init}-{loss}-{args.student_layers}x{args.student_width}"
-                        f"-e{args.student_epochs:g}-s{seed}"
+                        f"-e{args.student_epochs:g}{'' if weight == 1 else f'-a{weight:g}'}-s{seed}"
                     )
                     jobs.append((entry, splits, run_dir, args))
 
