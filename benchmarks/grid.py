@@ -52,9 +52,8 @@ def run_grid(
                 continue
             try:
                 record(future.result())
-            except (
-                Exception
-            ) as error:  # one run failed: cancel those not yet handed to a worker, keep the rest
+            except Exception as error:
+                # One run failed: cancel the runs not yet handed to a worker, keep the rest.
                 logger.exception("A run failed; runs already handed to a worker finish and are kept")
                 failure = failure or error
                 for other in futures:
