@@ -65,7 +65,8 @@ def student_run(job: tuple) -> dict:
     entry, base, splits, teacher, run_dir = job
     start = time.perf_counter()
     run_args = replace(base, seed=entry["seed"], student_init=entry["init"], hidden_loss=entry["loss"])
-    distil_student(run_args, splits, teacher, run_dir)
+    # Every run maps the same teacher layers, so the teacher's outputs are computed once for the grid.
+    distil_student(run_args, splits, teacher, run_dir, teacher_outputs_dir=run_dir.parent / "teacher-outputs")
     row = evaluate(run_dir, splits, run_args)
     return {**entry, "minutes": (time.perf_counter() - start) / 60, **row}
 

@@ -215,7 +215,8 @@ def test_teacher_reads_a_trimmed_classifier_through_the_map(tok, tmp_path):
     torch.testing.assert_close(trainer.teacher_cache.logits(torch.arange(6)), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_teacher_reads_a_trimmed_bart_through_the_map_and_kl_is_restricted(tmp_path):
+@pytest.mark.parametrize("cache", [False, True])
+def test_teacher_reads_a_trimmed_bart_through_the_map_and_kl_is_restricted(tmp_path, cache):
     tok = seq2seq_tokenizer()
     teacher = tiny_bart(layers=2).eval()
     student, student_tok, ids, _ = trim_student(copy.deepcopy(teacher), tok, TRAIN)
@@ -229,13 +230,16 @@ def test_teacher_reads_a_trimmed_bart_through_the_map_and_kl_is_restricted(tmp_p
         train_dataset=encoded,
         data_collator=DataCollatorForSeq2Seq(student_tok, model=student),
         teacher=teacher,
-        distill_args=DistillArguments(alpha_task=0.2, alpha_kd=0.8, kd_chunk_size=3),
+        distill_args=DistillArguments(alpha_task=0.2, alpha_kd=0.8, kd_chunk_size=3, cache_teacher=cache),
         layer_pairs=identity_pairs(2),
         decoder_layer_pairs=identity_pairs(2),
         teacher_token_ids=ids,
     )
     # Restricted and renormalised, the teacher's distribution is the student's: KL 0 (not so unrestricted).
-    assert_perfect_student(trainer, trainer.data_collator([encoded[i] for i in range(4)]))
+    # With the cache, the teacher's outputs were computed once on its own ids (the rows carry EXAMPLE_ID).
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    assert (EXAMPLE_ID in rows[0]) == cache
+    assert_perfect_student(trainer, trainer.data_collator(rows))
     assert float(trainer._log_sums["loss/task"]) > 0.5  # a random model, far from the labels
 
     # Generation can only emit the student's ids: its output layer has the kept rows only.

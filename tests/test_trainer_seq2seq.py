@@ -28,6 +28,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from ckadistill.config import DistillArguments, TaskTrainingArguments
 from ckadistill.losses import gram_cka, linear_cka, mean_pool
+from ckadistill.teacher_cache import EXAMPLE_ID, TeacherCache
 from ckadistill.trainer import DistillationTrainer, target_mask
 from conftest import build_tokenizer
 from test_distill_cli import tiny_bert
@@ -329,9 +330,88 @@ def test_teacher_of_another_kind_is_rejected(tmp_path):
         )
 
 
-def test_cache_teacher_is_rejected_for_encoder_decoders(tmp_path):
-    with pytest.raises(ValueError, match=r"--cache_teacher is not supported.*drop --cache_teacher"):
-        make_trainer(tmp_path, cache_teacher=True)
+# ---- teacher outputs cached once ------------------------------------------------------------------
+
+PAPER = dict(alpha_task=0.2, alpha_kd=0.8, kd_chunk_size=3)
+
+
+@pytest.mark.parametrize("family", ["bart", "mbart", "t5", "bert2bert"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_cached_teacher_gives_the_live_loss_term_by_term(tmp_path, family, level):
+    cached = make_trainer(tmp_path, family, cache_teacher=True, hidden_level=level, **PAPER)
+    live = make_trainer(tmp_path, family, hidden_level=level, **PAPER)
+    batch = cached.data_collator([cached.train_dataset[i] for i in (4, 1, 5, 0)])  # shuffled, uneven lengths
+    assert batch[EXAMPLE_ID].tolist() == [4, 1, 5, 0]
+    cached.model.train()
+    live.model.train()
+    loss_cached = cached.compute_loss(cached.model, dict(batch))
+    loss_live = live.compute_loss(live.model, {k: v for k, v in batch.items() if k != EXAMPLE_ID})
+    torch.testing.assert_close(loss_cached, loss_live, atol=1e-3, rtol=1e-3)
+    assert set(cached._log_sums) == set(live._log_sums) and len(live._log_sums) == 3 + 2 * len(PAIRS)
+    for name, value in live._log_sums.items():  # task, kd, hidden and every enc/dec pair's CKA
+        torch.testing.assert_close(cached._log_sums[name], value, atol=1e-5, rtol=5e-3, msg=name)
+    loss_cached.backward()
+    assert all(p.grad is None for p in cached.teacher.parameters())
+
+
+def test_cache_holds_the_target_positions_of_the_decoder(tmp_path):
+    trainer = make_trainer(tmp_path, "bart", cache_teacher=True, **PAPER)
+    cache, data = trainer.teacher_cache, trainer.train_dataset
+    assert cache.layers == cache.decoder_layers == (0, 2, 4) and cache.per_token_logits
+    ids = torch.tensor([2, 0])
+    targets = len(data[2]["labels"]) + len(data[0]["labels"])
+    assert cache.token_logits(ids).shape == (targets, V)
+    assert cache.hidden_rows(4, ids, decoder=True).shape == (targets, 32)
+    assert cache.hidden_rows(4, ids).shape == (len(data[2]["input_ids"]) + len(data[0]["input_ids"]), 32)
+    with pytest.raises(TypeError, match="token_logits"):
+        cache.logits(ids)
+    # Row 2 alone, run live: its logits at every target position, in order.
+    labels = torch.tensor([data[2]["labels"]])
+    with torch.no_grad():
+        live = trainer.teacher(
+            input_ids=torch.tensor([data[2]["input_ids"]]),
+            decoder_input_ids=trainer.model.prepare_decoder_input_ids_from_labels(labels=labels),
+        )
+    torch.testing.assert_close(cache.token_logits(torch.tensor([2])), live.logits[0], atol=1e-2, rtol=1e-2)
+    need = TeacherCache.estimate_bytes(
+        sum(map(len, data["input_ids"])), len(data), 32, 3, 0,
+        num_target_tokens=sum(map(len, data["labels"])), decoder_width=32, num_decoder_layers=3, vocab_size=V,
+    )  # fmt: skip
+    assert need == cache.nbytes
+
+
+def test_cached_distillation_trains_and_reuses_the_file_only_for_the_same_targets(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    trainer = make_trainer(tmp_path, "t5", cache_teacher=True, cache_teacher_dir=str(folder), **PAPER)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3 and all(math.isfinite(e["cka/dec_2_4"]) for e in logged)
+    assert len(list(folder.glob("teacher-outputs-*.safetensors"))) == 1
+
+    built = []
+    real_build = TeacherCache.build.__func__
+    monkeypatch.setattr(
+        TeacherCache, "build", classmethod(lambda cls, *a, **kw: built.append(1) or real_build(cls, *a, **kw))
+    )
+    again = make_trainer(tmp_path, "t5", cache_teacher=True, cache_teacher_dir=str(folder), **PAPER)
+    assert built == []  # read back, with its decoder part
+    ids = torch.arange(len(again.train_dataset))
+    torch.testing.assert_close(again.teacher_cache.token_logits(ids), trainer.teacher_cache.token_logits(ids))
+    assert again.teacher_cache.decoder_layers == (0, 2, 4)
+
+    teacher = again.teacher
+    data = again.train_dataset
+    other_targets = data.map(lambda row: {"labels": row["labels"][:-1] or row["labels"]})
+    key = TeacherCache.key(teacher, data, [0, 2, 4], decoder_layers=[0, 2, 4])
+    assert TeacherCache.key(teacher, other_targets, [0, 2, 4], decoder_layers=[0, 2, 4]) != key
+    assert TeacherCache.key(teacher, data, [0, 2, 4], decoder_layers=[0, 4]) != key
+
+
+def test_cache_too_large_names_the_seq2seq_length_flags(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"--cache_teacher_max_gb .* --max_source_length / --max_target_length"
+    ):
+        make_trainer(tmp_path, cache_teacher=True, cache_teacher_max_gb=1e-9)
 
 
 def test_length_grouped_batches_cut_the_padding(tmp_path):

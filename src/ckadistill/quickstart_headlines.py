@@ -325,8 +325,12 @@ def distil_student(
     teacher: Path,
     output: Path,
     callbacks: Sequence = (),
+    teacher_outputs_dir: Path | None = None,
 ) -> dict:
-    """Build the student from the teacher and distil it on the training split; returns the run's metrics."""
+    """Build the student from the teacher and distil it on the training split; returns the run's metrics.
+
+    The teacher's outputs on the training split are computed once and replayed every epoch; with
+    `teacher_outputs_dir` they are also kept there, for later runs over the same teacher and layers."""
     from ckadistill.config import DistillArguments, DistillModelArguments, TaskTrainingArguments
     from ckadistill.tasks.seq2seq import run_distill
 
@@ -337,7 +341,11 @@ def distil_student(
         student_hidden_size=args.student_hidden_size,
         student_init=args.student_init,
     )
-    distill_args = DistillArguments.seq2seq_paper(args.hidden_loss)  # DESIGN.md §1
+    distill_args = DistillArguments.seq2seq_paper(  # DESIGN.md §1
+        args.hidden_loss,
+        cache_teacher=True,  # one teacher pass instead of one per epoch
+        cache_teacher_dir=None if teacher_outputs_dir is None else str(teacher_outputs_dir),
+    )
     from ckadistill.runs import last_complete_checkpoint
 
     resume = output.is_dir() and last_complete_checkpoint(output) is not None

@@ -28,8 +28,8 @@ linear decay to 0 (`hidden_schedule`).
 The teacher is a plain attribute: frozen, in eval mode, run under `no_grad`, on the student's device,
 never handed to `accelerator.prepare`. Everything else (checkpoints, resume, mixed precision,
 accumulation, logging, generation in evaluation) is the Seq2SeqTrainer's own. With `--cache_teacher`
-(classifiers only) the teacher runs once over the training set and its outputs are replayed
-(`ckadistill.teacher_cache`); evaluation still runs it live.
+(classifiers, bare encoders, encoder-decoders) the teacher runs once over the training set and its
+outputs are replayed (`ckadistill.teacher_cache`); evaluation still runs it live.
 
 A student with a trimmed vocabulary (`--trim_vocab`) reads its own token ids; `teacher_token_ids` maps
 them to the teacher's before every teacher pass (`input_ids`, `decoder_input_ids`), so both models read
@@ -329,11 +329,6 @@ class DistillationTrainer(Seq2SeqTrainer):
                 "the same output vocabulary, so build the student from the teacher (same tokenizer and "
                 "vocab_size) rather than from another checkpoint"
             )
-        if distill_args.cache_teacher:
-            raise ValueError(
-                "--cache_teacher is not supported for encoder-decoder models (their teacher outputs are "
-                "per target token and depend on the decoder inputs): drop --cache_teacher"
-            )
 
     def _build_teacher_cache(self) -> TeacherCache:
         dataset = self.train_dataset
@@ -345,24 +340,43 @@ class DistillationTrainer(Seq2SeqTrainer):
         if self.pooled_loss is not None:  # a bare encoder's sentence vectors come from its last layer
             layers.add(self.teacher.config.num_hidden_layers)
         layers = sorted(layers)
+        decoder_layers = sorted({t for _, t in self.decoder_layer_pairs})
         num_tokens = sum(len(ids) for ids in dataset["input_ids"])
+        if self.is_seq2seq:
+            if "labels" not in dataset.column_names:
+                raise ValueError(
+                    "--cache_teacher on an encoder-decoder needs a `labels` column in the training rows"
+                )
+            width, decoder_width = stack_widths(self.teacher)
+            seq2seq_size = dict(
+                num_target_tokens=sum(sum(1 for t in row if t != IGNORE_INDEX) for row in dataset["labels"]),
+                decoder_width=decoder_width,
+                num_decoder_layers=len(decoder_layers),
+                vocab_size=output_vocab_size(self.teacher),
+            )
+        else:
+            width, seq2seq_size = self.teacher.config.hidden_size, {}
         need = TeacherCache.estimate_bytes(
             num_tokens,
             len(dataset),
-            self.teacher.config.hidden_size,
+            width,
             len(layers),
             self.teacher.config.num_labels if self.kind == "classifier" else 0,
+            **seq2seq_size,
         )
         limit = self.distill_args.cache_teacher_max_gb * 2**30
         if need > limit:
+            shorten = "--max_source_length / --max_target_length" if self.is_seq2seq else "--max_length"
             raise ValueError(
                 f"--cache_teacher would hold {need / 2**30:.1f} GiB of teacher outputs, above "
                 f"--cache_teacher_max_gb {self.distill_args.cache_teacher_max_gb}: raise the limit, shorten "
-                "--max_length, use fewer layer pairs, or drop --cache_teacher"
+                f"{shorten}, use fewer layer pairs, or drop --cache_teacher"
             )
         path = None
         if self.distill_args.cache_teacher_dir:
-            key = TeacherCache.key(self.teacher, dataset, layers, token_ids=self.teacher_token_ids)
+            key = TeacherCache.key(
+                self.teacher, dataset, layers, token_ids=self.teacher_token_ids, decoder_layers=decoder_layers
+            )
             path = os.path.join(self.distill_args.cache_teacher_dir, f"teacher-outputs-{key}.safetensors")
             if os.path.isfile(path):
                 logger.info("Reading the teacher's outputs from %s", path)
@@ -375,6 +389,8 @@ class DistillationTrainer(Seq2SeqTrainer):
             batch_size=self.args.per_device_eval_batch_size,
             device=self.args.device,
             token_ids=self.teacher_token_ids,
+            decoder_layers=decoder_layers,
+            decoder_inputs=self._decoder_input_ids if self.is_seq2seq else None,
         )
         if path is not None and self.args.should_save:
             cache.save(path)
@@ -409,7 +425,12 @@ class DistillationTrainer(Seq2SeqTrainer):
                 teacher_out = self.teacher(**self._teacher_inputs(inputs), output_hidden_states=want_hidden)
         teacher_logits = None
         if args.alpha_kd > 0 and logits is not None:
-            teacher_logits = self.teacher_cache.logits(example_ids) if cached else teacher_out.logits
+            if not cached:
+                teacher_logits = teacher_out.logits
+            elif self.is_seq2seq:
+                teacher_logits = self._cached_token_logits(example_ids, labels, logits)
+            else:
+                teacher_logits = self.teacher_cache.logits(example_ids)
 
         # Output terms: task loss on the labels and KD to the teacher, per example or per token; the
         # pooled sentence vectors of a bare encoder.
@@ -452,7 +473,7 @@ class DistillationTrainer(Seq2SeqTrainer):
         pair_losses: list[Tensor] = []
         if want_hidden:
             if cached:
-                states = self._cached_states(outputs, example_ids, inputs)
+                states = self._cached_states(outputs, example_ids, inputs, labels)
             else:
                 states = self._live_states(outputs, teacher_out, inputs, labels)
             pair_losses, ckas = self._hidden_terms(states)
@@ -548,9 +569,13 @@ class DistillationTrainer(Seq2SeqTrainer):
                 "batch: tokenise the targets as labels and pad them with transformers.DataCollatorForSeq2Seq"
             )
         if "decoder_input_ids" not in inputs:
-            student = self.accelerator.unwrap_model(model)
-            inputs["decoder_input_ids"] = student.prepare_decoder_input_ids_from_labels(labels=labels)
+            inputs["decoder_input_ids"] = self._decoder_input_ids(labels)
         inputs["use_cache"] = False  # no key/value cache to build in a single full-sequence pass
+
+    def _decoder_input_ids(self, labels: Tensor) -> Tensor:
+        """`(B, T)` decoder inputs from labels by the student's own rule (the teacher cache uses it too)."""
+        student = self.accelerator.unwrap_model(self.model)
+        return student.prepare_decoder_input_ids_from_labels(labels=labels)
 
     def _class_level_terms(
         self, logits: Tensor, teacher_logits: Tensor | None, labels: Tensor | None
@@ -599,19 +624,47 @@ class DistillationTrainer(Seq2SeqTrainer):
             for rows in layer_pair_rows(student, teacher, pairs, mask, sequence_level=sequence_level)
         ]
 
-    def _cached_states(self, outputs, example_ids: Tensor, inputs: dict) -> list[tuple[Tensor, Tensor]]:
-        """As `_live_states`, with the teacher's rows read from the cache (classification only)."""
+    def _cached_states(
+        self, outputs, example_ids: Tensor, inputs: dict, labels: Tensor | None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """As `_live_states`, with the teacher's rows read from the cache."""
         mask = inputs.get("attention_mask")
         if mask is None:
-            mask = torch.ones(inputs["input_ids"].shape, device=outputs.logits.device)  # (B, T)
-        states = [  # real-token rows of both sides, in the same batch-major order
-            (select_tokens(outputs.hidden_states[s], mask), self._cached_rows(t, example_ids, mask))
-            for s, t in self.layer_pairs
-        ]
-        if self.distill_args.hidden_level == "sequence":
-            lengths = mask.bool().sum(dim=1)  # (B,)
-            states = [(mean_pool(x, lengths=lengths), mean_pool(y, lengths=lengths)) for x, y in states]
+            mask = torch.ones(inputs["input_ids"].shape, device=inputs["input_ids"].device)  # (B, T)
+        if self.is_seq2seq:
+            stacks = [
+                (outputs.encoder_hidden_states, self.layer_pairs, mask, False),
+                (outputs.decoder_hidden_states, self.decoder_layer_pairs, target_mask(labels), True),
+            ]
+        else:
+            stacks = [(outputs.hidden_states, self.layer_pairs, mask, False)]
+        sequence_level = self.distill_args.hidden_level == "sequence"
+        states = []
+        for student, pairs, stack_mask, decoder in stacks:
+            lengths = stack_mask.bool().sum(dim=1)  # (B,)
+            for s, t in pairs:  # real-token rows of both sides, in the same batch-major order
+                x = select_tokens(student[s], stack_mask)
+                y = self._cached_rows(t, example_ids, stack_mask, decoder=decoder)
+                states.append(
+                    (mean_pool(x, lengths=lengths), mean_pool(y, lengths=lengths))
+                    if sequence_level
+                    else (x, y)
+                )
         return states
+
+    def _cached_token_logits(self, example_ids: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
+        """`(B, T, V_t)` cached teacher logits at the target positions; other positions are 0 and never
+        read (every token-level term masks them out)."""
+        mask = target_mask(labels)  # (B, T)
+        rows = self.teacher_cache.token_logits(example_ids)  # (n, V_t)
+        if rows.shape[0] != int(mask.sum()):
+            raise RuntimeError(
+                f"the teacher cache holds {rows.shape[0]} target positions for this batch but it has "
+                f"{int(mask.sum())}: the training data changed after the cache was built"
+            )
+        full = logits.new_zeros((*mask.shape, rows.shape[1]), dtype=torch.float32)
+        full[mask] = rows.to(full.device)
+        return full
 
     def _hidden_schedule_factor(self) -> float:
         """1 throughout for 'constant'; 1 → 0 linearly over the optimiser steps for 'linear_decay'."""
@@ -619,9 +672,9 @@ class DistillationTrainer(Seq2SeqTrainer):
             return 1.0
         return max(0.0, 1.0 - self.state.global_step / self.state.max_steps)
 
-    def _cached_rows(self, layer: int, example_ids: Tensor, mask: Tensor) -> Tensor:
+    def _cached_rows(self, layer: int, example_ids: Tensor, mask: Tensor, *, decoder: bool = False) -> Tensor:
         """`(n, d_t)` cached teacher rows of a batch, checked against the batch's real-token count."""
-        rows = self.teacher_cache.hidden_rows(layer, example_ids)
+        rows = self.teacher_cache.hidden_rows(layer, example_ids, decoder=decoder)
         if rows.shape[0] != int(mask.bool().sum()):
             raise RuntimeError(
                 f"the teacher cache holds {rows.shape[0]} tokens for this batch but it has "
