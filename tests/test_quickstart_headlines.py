@@ -241,6 +241,8 @@ def test_student_reloads_and_generates(smoke):
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=3
     )
     assert out[0, 0].item() == tokenizer.cls_token_id and out.shape[1] <= 4  # starts from [CLS]
+    recorded = yaml.safe_load((student / "ckadistill_config.yaml").read_text(encoding="utf-8"))
+    assert recorded["cache_teacher"] is True  # the teacher ran once over the training rows
 
 
 def test_teacher_is_cached_and_reused(smoke):

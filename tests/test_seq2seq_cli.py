@@ -284,11 +284,16 @@ def test_distill_translation(family, data, tok, tmp_path):
     )
     out = tmp_path / "student"
     languages = ["--source_lang", "en", "--target_lang", "de"] if family == "t5" else []
+    # Marian replays the teacher's outputs from a cache on disk; T5 runs its teacher live.
+    cache = (
+        ["--cache_teacher", "true", "--cache_teacher_dir", str(tmp_path / "c")] if family == "marian" else []
+    )
     argv = [
         "--teacher", str(teacher), *data_flags(data["translation"], "translation"),
-        "--output_dir", str(out), *FAST, *STUDENT, "--student_heads", "2", *languages,
+        "--output_dir", str(out), *FAST, *STUDENT, "--student_heads", "2", *languages, *cache,
     ]  # fmt: skip
     assert distill_main(argv) == 0
+    assert len(list((tmp_path / "c").glob("teacher-outputs-*.safetensors"))) == (1 if cache else 0)
     assert_plain_seq2seq_model(out, tok)
     assert_every_pair_logged(out)
     scores = results(out)

@@ -512,8 +512,10 @@ class DistillArguments:
         default=False,
         metadata={
             "help": "Run the teacher once over the training set and replay its logits and mapped hidden states "
-            "every epoch (exact, as the teacher is frozen; much faster for small students). Memory: about "
-            "tokens × teacher width × mapped teacher layers × 2 bytes."
+            "every epoch (exact up to fp16 storage, as the teacher is frozen; much faster for small students). "
+            "Memory: about tokens × teacher width × mapped teacher layers × 2 bytes, plus for encoder-decoders "
+            "target tokens × (vocabulary + decoder width × mapped decoder layers) × 2 bytes. The targets must "
+            "be the same every epoch."
         },
     )
     cache_teacher_dir: str | None = field(

@@ -326,11 +326,13 @@ def distil_student(
     output: Path,
     callbacks: Sequence = (),
     teacher_outputs_dir: Path | None = None,
+    cache_teacher: bool = True,
 ) -> dict:
     """Build the student from the teacher and distil it on the training split; returns the run's metrics.
 
-    The teacher's outputs on the training split are computed once and replayed every epoch; with
-    `teacher_outputs_dir` they are also kept there, for later runs over the same teacher and layers."""
+    The teacher's outputs on the training split are computed once and replayed every epoch (unless
+    `cache_teacher` is False); with `teacher_outputs_dir` they are also kept there, for later runs over
+    the same teacher and layers."""
     from ckadistill.config import DistillArguments, DistillModelArguments, TaskTrainingArguments
     from ckadistill.tasks.seq2seq import run_distill
 
@@ -343,8 +345,8 @@ def distil_student(
     )
     distill_args = DistillArguments.seq2seq_paper(  # DESIGN.md §1
         args.hidden_loss,
-        cache_teacher=True,  # one teacher pass instead of one per epoch
-        cache_teacher_dir=None if teacher_outputs_dir is None else str(teacher_outputs_dir),
+        cache_teacher=cache_teacher,  # one teacher pass instead of one per epoch
+        cache_teacher_dir=str(teacher_outputs_dir) if cache_teacher and teacher_outputs_dir else None,
     )
     from ckadistill.runs import last_complete_checkpoint
 
