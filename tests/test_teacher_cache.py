@@ -71,6 +71,12 @@ def test_cached_loss_equals_live_loss(tokenizer, tmp_path, level):
     rows = [cached.train_dataset[i] for i in (7, 2, 5, 0)]  # a shuffled batch
     batch = DataCollatorWithPadding(tokenizer)(rows)
     assert batch[EXAMPLE_ID].tolist() == [7, 2, 5, 0]
+    assert_cached_loss_is_live(cached, live, batch)
+
+
+def assert_cached_loss_is_live(cached: DistillationTrainer, live: DistillationTrainer, batch: dict) -> None:
+    """One training-mode loss of each trainer on the same batch (the live one without the row ids): the
+    same value, and the gradient reaches the student only."""
     cached.model.train()
     live.model.train()
     loss_cached = cached.compute_loss(cached.model, dict(batch))
