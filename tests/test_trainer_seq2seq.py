@@ -402,6 +402,21 @@ def test_cached_distillation_trains_and_reuses_the_file_only_for_the_same_target
     assert TeacherCache.key(teacher, data, [0, 2, 4], decoder_layers=[0, 4]) != key
 
 
+def test_cache_without_targets_is_refused_with_the_fix(tmp_path):
+    teacher, student = models("bart")
+    with pytest.raises(ValueError, match=r"targets as a `labels` column.*--target_column"):
+        DistillationTrainer(
+            model=student,
+            args=training_args(tmp_path),
+            train_dataset=rows().remove_columns("labels"),
+            data_collator=DataCollatorForSeq2Seq(TOKENIZER),
+            teacher=teacher,
+            distill_args=DistillArguments(cache_teacher=True, **PAPER),
+            layer_pairs=PAIRS,
+            decoder_layer_pairs=PAIRS,
+        )
+
+
 def test_cache_too_large_names_the_seq2seq_length_flags(tmp_path):
     with pytest.raises(
         ValueError, match=r"--cache_teacher_max_gb .* --max_source_length / --max_target_length"

@@ -345,7 +345,9 @@ class DistillationTrainer(Seq2SeqTrainer):
         if self.is_seq2seq:
             if "labels" not in dataset.column_names:
                 raise ValueError(
-                    "--cache_teacher on an encoder-decoder needs a `labels` column in the training rows"
+                    "--cache_teacher on an encoder-decoder needs the targets as a `labels` column of the "
+                    "training rows (ckadistill distill tokenises --target_column into it): add it, or drop "
+                    "--cache_teacher"
                 )
             width, decoder_width = stack_widths(self.teacher)
             seq2seq_size = dict(
