@@ -254,6 +254,37 @@ def test_wordpiece_bert(toks, tmp_path, kind):
     assert loaded_tok.decode(loaded_tok(unseen).input_ids, skip_special_tokens=True) == unseen
 
 
+def test_wordpiece_keeps_the_characters_of_the_data_and_ascii():
+    """Single-character pieces are kept for the data's characters and printable ASCII only: a
+    character neither holds (here Greek) is dropped, and a word holding it becomes [UNK]."""
+    greek = ["ωμεγα και ψι", "ψι ωμεγα"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(
+        TRAIN + greek,
+        trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]),
+    )
+    tok = tf.BertTokenizer(vocab=tok.get_vocab())
+    greek_pieces = {"ω", "ψ", "μ", "##μ"}
+    assert greek_pieces <= set(tok.get_vocab())
+
+    kept, kept_by = vocab.kept_token_ids(tok, TASK)
+    kept_tokens = set(tok.convert_ids_to_tokens(kept))
+    assert not greek_pieces & kept_tokens
+    data_chars = set("".join(TASK).lower()) - {" "}
+    ascii_chars = {c for c in vocab.PRINTABLE_ASCII if c in tok.get_vocab()}
+    for c in data_chars | ascii_chars:
+        assert c in kept_tokens, c
+    assert kept_by["fallback"] == len(vocab.fallback_ids(tok, data_chars))
+    new_tok = vocab.trim_tokenizer(tok, kept)
+    assert new_tok.tokenize("ψι quartet") == ["[UNK]", *new_tok.tokenize("quartet")]
+    assert "[UNK]" not in new_tok.tokenize("quartet")  # unseen, but ASCII: split into kept pieces
+
+    kept_greek, _ = vocab.kept_token_ids(tok, TASK + greek[:1])  # Greek in the data: its pieces stay
+    assert greek_pieces <= set(tok.convert_ids_to_tokens(kept_greek))
+
+
 def test_byte_level_bpe_bart(toks, tmp_path):
     tok = toks["bpe"]
     model = bart(tok)

@@ -17,9 +17,14 @@ much smaller.
 
 **Unseen text, per tokenizer type** (the `tokenizers` model in tokenizer.json):
 
-- WordPiece (BERT, DistilBERT): every single-character token and its `##` continuation present in
-  the original vocabulary is kept, so an unseen word splits into kept pieces, down to characters,
-  instead of becoming [UNK]; only characters the original vocabulary lacks stay [UNK] (as before).
+- WordPiece (BERT, DistilBERT): the single-character tokens and their `##` continuations of the
+  characters seen in the data and of printable ASCII are kept, so an unseen word made of those
+  characters splits into kept pieces, down to characters, instead of becoming [UNK]. A word with a
+  character outside them becomes [UNK] (WordPiece has no per-character unknown), as a word with a
+  character the original vocabulary lacks always did. BERT's vocabularies hold about 2,000 such
+  pieces, mostly scripts an English task never sees; keeping all of them would spend a fifth of an
+  8,000-token vocabulary on rows no task text reaches. To keep more characters, add text holding them
+  to the data.
 - Byte-level BPE (GPT-2 style: BART, RoBERTa): the 256 byte symbols are kept, so any text still
   encodes, as bytes where no kept merge applies, with no unknown token. A merge survives when both of
   its parts and its result are kept, and every kept token keeps the tokens it is merged from, so kept
@@ -71,6 +76,8 @@ from ckadistill.metrics import count_parameters
 logger = logging.getLogger(__name__)
 
 TOKENIZER_MODELS = ("WordPiece", "BPE", "Unigram", "WordLevel")
+# Characters whose WordPiece pieces a trimmed vocabulary keeps even when the data lacks them.
+PRINTABLE_ASCII = "".join(chr(c) for c in range(33, 127))
 
 # Files of slow (Python / SentencePiece) tokenizers: they hold the old vocabulary, so none may sit
 # beside a trimmed tokenizer.json.
@@ -360,7 +367,7 @@ def fallback_ids(tokenizer, charset: set[str] | None = None) -> set[int]:
     """Old ids of the pieces kept so unseen text still tokenises (module docstring, per type).
 
     `charset`: characters seen in the data (`data_characters`); None leaves out the pieces that depend
-    on it (Unigram and non-byte-level BPE single characters), for a count before the data is read.
+    on it (all but WordPiece's ASCII and byte-level BPE's bytes), for a count before the data is read.
     """
     spec = tokenizer_json(tokenizer)
     model = spec["model"]
@@ -370,9 +377,8 @@ def fallback_ids(tokenizer, charset: set[str] | None = None) -> set[int]:
     keep: set[str] = set()
     if kind == "WordPiece":
         prefix = model["continuing_subword_prefix"] or ""
-        keep = {
-            t for t in vocab if len(t) == 1 or (prefix and t.startswith(prefix) and len(t) == len(prefix) + 1)
-        }
+        chars = set(PRINTABLE_ASCII) | (charset or set())
+        keep = chars | ({prefix + c for c in chars} if prefix else set())
     elif kind == "BPE" and _is_byte_level(spec["pre_tokenizer"]):
         from tokenizers.pre_tokenizers import ByteLevel
 
@@ -544,7 +550,7 @@ def kept_token_ids(
     if not texts:
         raise ValueError("no text to count tokens on: give --data files with non-empty texts")
     kind = check_tokenizer(tokenizer)
-    charset = data_characters(tokenizer, texts) if kind in ("BPE", "Unigram") else None
+    charset = data_characters(tokenizer, texts) if kind in ("WordPiece", "BPE", "Unigram") else None
     by_reason = always_kept(tokenizer, languages=languages, model=model, charset=charset)
     check_keep_top(keep_top, by_reason)
 
