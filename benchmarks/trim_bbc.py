@@ -15,6 +15,7 @@ student's):
     2x128-k5000      the same, 5,000 tokens (~20×)
     2x96-k8000       2 layers × 96, 8,000 tokens (~21×: more of the vocabulary, less width)
     2x96-k8800       the same, 8,800 tokens (~20×: the most tokens a 96-wide student keeps at 20×)
+    3x96-k7600       3 layers × 96, 7,600 tokens (~20×: a layer instead of 1,200 tokens)
     2x64             2 layers × 64, whole vocabulary (~11×)
     2x64-k6000       6,000 tokens (~40×)
     2x64-k4000       4,000 tokens (~58×)
@@ -56,6 +57,7 @@ STUDENTS = {  # name: (layers, width, tokens kept or None for the whole vocabula
     "2x128-k5000": (2, 128, 5000),
     "2x96-k8000": (2, 96, 8000),
     "2x96-k8800": (2, 96, 8800),
+    "3x96-k7600": (3, 96, 7600),
     "2x64": (2, 64, None),
     "2x64-k6000": (2, 64, 6000),
     "2x64-k4000": (2, 64, 4000),
