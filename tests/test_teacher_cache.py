@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 import pytest
 import torch
 from datasets import Dataset
+from filelock import FileLock
 from transformers import DataCollatorWithPadding
 
 from ckadistill.config import ClassificationTrainingArguments, DistillArguments
@@ -125,6 +130,41 @@ def test_cache_on_disk_is_reused_only_for_the_same_teacher_data_and_layers(token
     fewer = encoded(tokenizer).select(range(6))
     trainer_for(tokenizer, tmp_path, cache=True, cache_dir=folder, dataset=fewer)
     assert built == [1, 1] and len(list(folder.glob("teacher-outputs-*.safetensors"))) == 3
+
+
+def test_a_run_waits_for_the_file_another_run_is_writing(tokenizer, tmp_path, monkeypatch, caplog):
+    """Runs sharing --cache_teacher_dir compute each file once: a run that finds the file's lock held
+    waits for it, then reads the file rather than running the teacher again."""
+    folder = tmp_path / "cache"
+    first = trainer_for(tokenizer, tmp_path, cache=True, cache_dir=folder).teacher_cache
+    (path,) = folder.glob("teacher-outputs-*.safetensors")
+    aside = path.with_name("finished-elsewhere")
+    path.rename(aside)  # as if another run were still computing it
+    built = []
+    monkeypatch.setattr(TeacherCache, "build", classmethod(lambda cls, *a, **k: built.append(1)))
+    caplog.set_level(logging.INFO, logger="ckadistill.trainer")
+
+    other_run = FileLock(f"{path}.lock")
+    other_run.acquire()
+    second: dict = {}
+    thread = threading.Thread(
+        target=lambda: second.update(
+            cache=trainer_for(tokenizer, tmp_path, cache=True, cache_dir=folder).teacher_cache
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while "waiting for it" not in caplog.text:
+        assert time.monotonic() < deadline and thread.is_alive(), "the second run did not wait for the lock"
+        time.sleep(0.05)
+    aside.rename(path)  # the other run writes its file and lets go
+    other_run.release()
+    thread.join(60)
+
+    assert built == []
+    ids = torch.arange(len(SENTENCES))
+    assert torch.equal(second["cache"].logits(ids), first.logits(ids))
+    assert torch.equal(second["cache"].hidden_rows(4, ids), first.hidden_rows(4, ids))
 
 
 def test_cache_dir_needs_the_cache():

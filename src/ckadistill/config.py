@@ -523,7 +523,8 @@ class DistillArguments:
         metadata={
             "help": "With --cache_teacher: also keep the teacher's outputs in this folder, under a digest of the "
             "teacher's weights, the training rows and the layers, so later runs on the same three (other "
-            "seeds or student shapes, a resumed run) read them instead of running the teacher again."
+            "seeds or student shapes, a resumed run) read them instead of running the teacher again; a run "
+            "started while another computes the same file waits for it."
         },
     )
     cache_teacher_max_gb: float = field(

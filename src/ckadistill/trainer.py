@@ -39,12 +39,14 @@ student's tokens (renormalised).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, Seq2SeqTrainer
@@ -136,6 +138,21 @@ def to_teacher_ids(ids: Tensor, teacher_token_ids: Tensor) -> Tensor:
     """`(B, T)` student token ids as teacher ids (`teacher_token_ids[ids]`); negative values (-100) kept."""
     table = teacher_token_ids.to(ids.device)
     return torch.where(ids >= 0, table[ids.clamp(min=0)], ids)
+
+
+@contextlib.contextmanager
+def _held(lock_path: str) -> Iterator[None]:
+    """Hold an inter-process file lock, saying so when another process has it first (waits can be long)."""
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("Another run holds %s: waiting for it to finish the file", lock_path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class DistillationTrainer(Seq2SeqTrainer):
@@ -374,29 +391,42 @@ class DistillationTrainer(Seq2SeqTrainer):
                 f"--cache_teacher_max_gb {self.distill_args.cache_teacher_max_gb}: raise the limit, shorten "
                 f"{shorten}, use fewer layer pairs, or drop --cache_teacher"
             )
-        path = None
-        if self.distill_args.cache_teacher_dir:
-            key = TeacherCache.key(
-                self.teacher, dataset, layers, token_ids=self.teacher_token_ids, decoder_layers=decoder_layers
+
+        def build() -> TeacherCache:
+            return TeacherCache.build(
+                self.teacher,
+                dataset,
+                self.data_collator,
+                layers,
+                batch_size=self.args.per_device_eval_batch_size,
+                device=self.args.device,
+                token_ids=self.teacher_token_ids,
+                decoder_layers=decoder_layers,
+                decoder_inputs=self._decoder_input_ids if self.is_seq2seq else None,
             )
-            path = os.path.join(self.distill_args.cache_teacher_dir, f"teacher-outputs-{key}.safetensors")
+
+        if not self.distill_args.cache_teacher_dir:
+            return build()
+        key = TeacherCache.key(
+            self.teacher, dataset, layers, token_ids=self.teacher_token_ids, decoder_layers=decoder_layers
+        )
+        path = os.path.join(self.distill_args.cache_teacher_dir, f"teacher-outputs-{key}.safetensors")
+        # The process that writes the file holds a lock beside it from the check to the write, so runs
+        # sharing the folder (seeds started side by side) compute each file once: a second run with the
+        # same key waits, then reads it. The other processes of a distributed run never write, and
+        # never wait.
+        lock = contextlib.nullcontext()
+        if self.args.should_save:
+            os.makedirs(self.distill_args.cache_teacher_dir, exist_ok=True)
+            lock = _held(path + ".lock")
+        with lock:
             if os.path.isfile(path):
                 logger.info("Reading the teacher's outputs from %s", path)
                 return TeacherCache.load(path)
-        cache = TeacherCache.build(
-            self.teacher,
-            dataset,
-            self.data_collator,
-            layers,
-            batch_size=self.args.per_device_eval_batch_size,
-            device=self.args.device,
-            token_ids=self.teacher_token_ids,
-            decoder_layers=decoder_layers,
-            decoder_inputs=self._decoder_input_ids if self.is_seq2seq else None,
-        )
-        if path is not None and self.args.should_save:
-            cache.save(path)
-            logger.info("Saved the teacher's outputs to %s for later runs", path)
+            cache = build()
+            if self.args.should_save:
+                cache.save(path)
+                logger.info("Saved the teacher's outputs to %s for later runs", path)
         return cache
 
     def _set_signature_columns_if_needed(self):
