@@ -30,6 +30,7 @@ when the script runs again; runs over one teacher and one vocabulary share its o
     python benchmarks/trim_bbc.py --table_only                     # the table of every stored run
     python benchmarks/trim_bbc.py --teacher_on_trimmed 5000 14000  # the teacher reading trimmed tokens
     python benchmarks/trim_bbc.py --students 2x128-k5000 --augment 2  # teacher-labelled perturbed copies
+    python benchmarks/trim_bbc.py --students 2x96-k8800 --temperature 2  # also --student_init, --hidden_schedule
 
 `--teacher_on_trimmed K...` trains nothing: it scores the teacher on the test articles as a trimmed
 student's data reaches it (the K-token tokenizer's pieces, by the teacher's ids), which is the quality
@@ -85,7 +86,7 @@ def distil(teacher: Path, files: dict, out: Path, student: str, seed: int, args)
             teacher=str(teacher),
             student_layers=layers,
             student_hidden_size=width,
-            student_init=quick.student_init,
+            student_init=args.student_init,
             trim_vocab=keep is not None,
             trim_keep_top=keep,
         ),
@@ -97,7 +98,11 @@ def distil(teacher: Path, files: dict, out: Path, student: str, seed: int, args)
             augment=args.augment,
         ),
         DistillArguments(
-            cache_teacher=True, cache_teacher_dir=args.teacher_cache_dir, cka_max_tokens=args.cka_max_tokens
+            cache_teacher=True,
+            cache_teacher_dir=args.teacher_cache_dir,
+            cka_max_tokens=args.cka_max_tokens,
+            temperature=args.temperature,
+            hidden_schedule=args.hidden_schedule,
         ),
         TaskTrainingArguments(
             overwrite_output_dir=True,  # this job owns the folder (reruns write over it)
@@ -193,6 +198,15 @@ def teacher_on_trimmed(teacher: Path, files: dict, sizes: list[int]) -> str:
 CHARACTERS = "data"
 
 
+# Recipe settings a run may change, with the value of the rows stored before the setting was recorded
+# (every run so far used ckadistill's defaults for these); the table names only values that differ.
+EXTRAS = {"init": "slice", "temperature": 1.0, "hidden_schedule": "constant"}
+
+
+def extras(r: dict) -> tuple:
+    return tuple(r.get(name, default) for name, default in EXTRAS.items())
+
+
 def run_key(r: dict) -> tuple:
     """What makes a stored run the same run: student, recipe and seed (older rows have no augment and
     kept every single-character piece)."""
@@ -204,6 +218,7 @@ def run_key(r: dict) -> tuple:
         r["epochs"],
         r.get("cka_max_tokens"),
         r.get("augment", 0),
+        extras(r),
         r["seed"],
     )
 
@@ -232,16 +247,23 @@ def summarise(results: list[dict]) -> str:
     order = {name: i for i, name in enumerate(STUDENTS)}
 
     def sort_key(item):
-        name, characters, lr, epochs, cap, augment = item[0]
-        return order[name], characters or "", lr, epochs, cap or 0, augment
+        name, characters, lr, epochs, cap, augment, extra = item[0]
+        defaults = extra == tuple(EXTRAS.values())  # the default recipe's row first
+        return order[name], characters or "", lr, epochs, cap or 0, augment, not defaults, str(extra)
 
     characters_kept = {None: "—", "all": "all", "data": "data + ASCII"}
-    for (name, characters, lr, epochs, cap, augment), runs in sorted(groups.items(), key=sort_key):
+    for (name, characters, lr, epochs, cap, augment, extra), runs in sorted(groups.items(), key=sort_key):
         r = runs[0]
         share = [x["accuracy"] / x["teacher_accuracy"] for x in runs]
         coverage = f"{r['coverage']:.1%}" if r.get("coverage") is not None else "100%"
+        changed = "".join(
+            f", {key} {value}"
+            for (key, default), value in zip(EXTRAS.items(), extra, strict=True)
+            if value != default
+        )
         lines.append(
-            f"| {name}{f' (CKA on {cap} tokens)' if cap else ''}{f', {augment} augmented copies' if augment else ''} "
+            f"| {name}{f' (CKA on {cap} tokens)' if cap else ''}{f', {augment} augmented copies' if augment else ''}"
+            f"{changed} "
             f"| {r['vocab_size']:,} | {characters_kept[characters]} | {coverage} | {r['parameters']:,} | "
             f"{r['teacher_parameters'] / r['parameters']:.1f}× | {r['bytes'] / 1e6:.2f} | {lr:g}, {epochs:g} | "
             f"{fmt([x['accuracy'] for x in runs])} | {fmt(share)}% | {len(runs)} | "
@@ -269,6 +291,19 @@ def main() -> None:
         type=int,
         default=0,
         help="Perturbed copies of every training article, labelled by the teacher (ckadistill's --augment).",
+    )
+    parser.add_argument(
+        "--student_init",
+        default=quick.student_init,
+        choices=["slice", "pca", "random"],
+        help="How the student starts from the teacher (ckadistill's --student_init).",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="Softmax temperature of the KL term.")
+    parser.add_argument(
+        "--hidden_schedule",
+        default="constant",
+        choices=["constant", "linear_decay"],
+        help="Weight of the CKA term over training (ckadistill's --hidden_schedule).",
     )
     parser.add_argument(
         "--teacher_cache_dir",
@@ -310,6 +345,9 @@ def main() -> None:
                 "epochs": args.epochs,
                 "cka_max_tokens": args.cka_max_tokens,
                 "augment": args.augment,
+                "init": args.student_init,
+                "temperature": args.temperature,
+                "hidden_schedule": args.hidden_schedule,
                 "seed": seed,
             }
             if run_key(row) in done:
@@ -317,6 +355,11 @@ def main() -> None:
             start = time.perf_counter()
             cap = f"-cka{args.cka_max_tokens}" if args.cka_max_tokens else ""
             cap += f"-aug{args.augment}" if args.augment else ""
+            cap += "".join(
+                f"-{value}"
+                for (name, default), value in zip(EXTRAS.items(), extras(row), strict=True)
+                if value != default
+            )
             run_dir = out / "runs" / f"{student}-lr{args.learning_rate:g}-e{args.epochs:g}{cap}-s{seed}"
             row.update(distil(teacher, files, run_dir, student, seed, args))
             row["minutes"] = (time.perf_counter() - start) / 60
