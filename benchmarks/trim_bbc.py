@@ -31,6 +31,7 @@ when the script runs again; runs over one teacher and one vocabulary share its o
     python benchmarks/trim_bbc.py --teacher_on_trimmed 5000 14000  # the teacher reading trimmed tokens
     python benchmarks/trim_bbc.py --students 2x128-k5000 --augment 2  # teacher-labelled perturbed copies
     python benchmarks/trim_bbc.py --students 2x96-k8800 --temperature 2  # also --student_init, --hidden_schedule
+    python benchmarks/trim_bbc.py --students 2x96-k8800 --train_windows 3  # up to 3 windows of each article
 
 `--teacher_on_trimmed K...` trains nothing: it scores the teacher on the test articles as a trimmed
 student's data reaches it (the K-token tokenizer's pieces, by the teacher's ids), which is the quality
@@ -96,6 +97,7 @@ def distil(teacher: Path, files: dict, out: Path, student: str, seed: int, args)
             test_file=str(files["test"]),
             max_length=quick.max_length,
             augment=args.augment,
+            train_windows=args.train_windows,
         ),
         DistillArguments(
             cache_teacher=True,
@@ -200,7 +202,7 @@ CHARACTERS = "data"
 
 # Recipe settings a run may change, with the value of the rows stored before the setting was recorded
 # (every run so far used ckadistill's defaults for these); the table names only values that differ.
-EXTRAS = {"init": "slice", "temperature": 1.0, "hidden_schedule": "constant"}
+EXTRAS = {"init": "slice", "temperature": 1.0, "hidden_schedule": "constant", "train_windows": 1}
 
 
 def extras(r: dict) -> tuple:
@@ -262,7 +264,7 @@ def summarise(results: list[dict]) -> str:
             if value != default
         )
         lines.append(
-            f"| {name}{f' (CKA on {cap} tokens)' if cap else ''}{f', {augment} augmented copies' if augment else ''}"
+            f"| {name}{f' (CKA on {cap} tokens)' if cap else ''}{f', augmented copies ×{augment}' if augment else ''}"
             f"{changed} "
             f"| {r['vocab_size']:,} | {characters_kept[characters]} | {coverage} | {r['parameters']:,} | "
             f"{r['teacher_parameters'] / r['parameters']:.1f}× | {r['bytes'] / 1e6:.2f} | {lr:g}, {epochs:g} | "
@@ -304,6 +306,12 @@ def main() -> None:
         default="constant",
         choices=["constant", "linear_decay"],
         help="Weight of the CKA term over training (ckadistill's --hidden_schedule).",
+    )
+    parser.add_argument(
+        "--train_windows",
+        type=int,
+        default=1,
+        help="Up to N windows of 192 tokens from each training article (ckadistill's --train_windows).",
     )
     parser.add_argument(
         "--teacher_cache_dir",
@@ -348,6 +356,7 @@ def main() -> None:
                 "init": args.student_init,
                 "temperature": args.temperature,
                 "hidden_schedule": args.hidden_schedule,
+                "train_windows": args.train_windows,
                 "seed": seed,
             }
             if run_key(row) in done:
@@ -356,7 +365,7 @@ def main() -> None:
             cap = f"-cka{args.cka_max_tokens}" if args.cka_max_tokens else ""
             cap += f"-aug{args.augment}" if args.augment else ""
             cap += "".join(
-                f"-{value}"
+                f"-{name}-{value}"
                 for (name, default), value in zip(EXTRAS.items(), extras(row), strict=True)
                 if value != default
             )

@@ -180,6 +180,47 @@ def test_encode_tokenises_pairs_and_caps_samples(tmp_path):
     assert first["input_ids"].count(sep) == 2
 
 
+def test_train_windows_cut_long_training_texts_into_labelled_windows(tmp_path, tokenizer):
+    long, short = " ".join(SENTENCES), SENTENCES[0]
+    train = [{"text": long, "label": "a"}, {"text": short, "label": "b"}, {"text": long, "label": "c"}]
+    args = DataArguments(
+        train_file=write_rows(tmp_path / "t.csv", train),
+        validation_file=write_rows(tmp_path / "v.csv", train),
+        max_length=12,
+        train_windows=3,
+    )
+    raw = load_raw_splits(args)
+    space = resolve_label_space(raw, args)
+    encoded = encode_splits(raw, args, tokenizer, space)
+
+    whole = tokenizer(long, add_special_tokens=False)["input_ids"]
+    assert len(whole) > 3 * 10  # the long text has more than three windows of 10 tokens
+    ids = space.label2id
+    assert encoded["train"]["labels"] == [ids["a"]] * 3 + [ids["b"]] + [ids["c"]] * 3
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    windows = encoded["train"]["input_ids"][:3]
+    assert all(len(w) == 12 and w[0] == cls and w[-1] == sep for w in windows)
+    assert [t for w in windows for t in w[1:-1]] == whole[:30]  # consecutive, nothing skipped or repeated
+    assert encoded["train"]["input_ids"][3] == tokenizer(short)["input_ids"]
+    # Evaluation reads the first window only, as inference does.
+    first = tokenizer([long, short, long], truncation=True, max_length=12)["input_ids"]
+    assert encoded["validation"]["input_ids"] == first
+    assert encoded["train"]["input_ids"][4] == first[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"train_windows": 0}, "--train_windows must be at least 1"),
+        ({"train_windows": 2, "text_pair_column": "hypothesis"}, "drop --train_windows"),
+        ({"train_windows": 2, "task": "translation"}, "drop it for --task translation"),
+    ],
+)
+def test_train_windows_refuses_what_it_cannot_split(extra, message):
+    with pytest.raises(ValueError, match=message):
+        DataArguments(**extra)
+
+
 def test_vocabulary_check(tokenizer):
     same = BertConfig(vocab_size=len(tokenizer))
     check_vocab_compatible(same, same, tokenizer, tokenizer_name="tiny")  # no error

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -374,6 +375,17 @@ def test_distill_cli_with_cache(teacher_dir, train_csv, tmp_path):
     logs = [entry for entry in log_history(out) if "loss/hidden" in entry]
     assert logs and all(math.isfinite(entry["loss/hidden"]) for entry in logs)
     assert (out / "model.safetensors").is_file()
+
+
+def test_train_windows_distil_every_window_through_the_cache(teacher_dir, train_csv, tmp_path):
+    out = tmp_path / "student"
+    argv = distill_argv(teacher_dir, train_csv, out, "--cache_teacher", "true", "--train_windows", "3")
+    assert main([*argv, "--max_length", "8", "--student_layers", "2", "--student_hidden_size", "16"]) == 0
+    card = (out / "README.md").read_text()
+    texts = len(topic_rows())
+    rows = int(re.search(r"train ([\d,]+)", card).group(1).replace(",", ""))
+    assert texts < rows <= 3 * texts  # the 8-token windows of the longer texts became rows
+    assert "windows per training text (at most): `3`" in card
 
 
 def test_freeze_bottom_layers_leaves_only_the_top_trainable():

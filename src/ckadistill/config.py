@@ -128,6 +128,14 @@ class DataArguments:
             "where the model family expects that (mBART-50)."
         },
     )
+    train_windows: int = field(
+        default=1,
+        metadata={
+            "help": "Classification on long texts: read up to N windows of --max_length tokens from each "
+            "training text (the first, then the tokens after it), each a training row with the text's label. "
+            "Evaluation and inference read the first window, as before; 1 keeps only the first."
+        },
+    )
     augment: int = field(
         default=0,
         metadata={
@@ -196,6 +204,17 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be >= 1 (or unset for all rows), got {value}")
+        if self.train_windows < 1:
+            raise ValueError(
+                f"--train_windows must be at least 1 (the first window), got {self.train_windows}"
+            )
+        if self.train_windows > 1 and self.task != "classification":
+            raise ValueError("--train_windows splits classification texts; drop it for --task " + self.task)
+        if self.train_windows > 1 and self.text_pair_column:
+            raise ValueError(
+                "--train_windows splits single texts; a pair task (--text_pair_column) reads each pair whole: "
+                "drop --train_windows"
+            )
         if self.augment < 0:
             raise ValueError(f"--augment must be >= 0 copies per text, got {self.augment}")
         if self.augment and self.task != "classification":

@@ -73,6 +73,9 @@ def _data_summary(data_args: DataArguments, encoded) -> dict[str, Any]:
         "label column": data_args.label_column,
         "rows": ", ".join(f"{split} {len(ds):,}" for split, ds in encoded.items()),
         "labelled fraction of train": data_args.labelled_fraction,
+        "windows per training text (at most)": data_args.train_windows
+        if data_args.train_windows > 1
+        else None,
         "unlabelled perturbed copies per training text": data_args.augment or None,
         "max length": data_args.max_length,
     }

@@ -271,20 +271,46 @@ def _tokenize(
     text_col, pair_col = data_args.text_column, data_args.text_pair_column
     dataset = dataset.add_column("__target__", targets.tolist())
 
+    windows = data_args.train_windows if split == "train" else 1
+
     def encode(batch: dict) -> dict:
         texts = ["" if t is None else str(t) for t in batch[text_col]]
         pairs = ["" if t is None else str(t) for t in batch[pair_col]] if pair_col else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=data_args.max_length)
-        enc["labels"] = batch["__target__"]
-        return enc
+        if windows == 1:
+            enc = tokenizer(texts, pairs, truncation=True, max_length=data_args.max_length)
+            enc["labels"] = batch["__target__"]
+            return enc
+        # --train_windows: the tokenizer's overflow cuts each text into consecutive windows, each
+        # with its own special tokens; keep the first `windows` of each text, labelled like it.
+        enc = tokenizer(
+            texts, truncation=True, max_length=data_args.max_length, return_overflowing_tokens=True
+        )
+        if "overflow_to_sample_mapping" not in enc:
+            raise ValueError(
+                f"--train_windows needs a fast tokenizer (it maps windows back to texts); "
+                f"{type(tokenizer).__name__} is not one: drop --train_windows"
+            )
+        source = enc.pop("overflow_to_sample_mapping")
+        keep, previous, nth = [], None, 0
+        for k, text in enumerate(source):  # a text's windows come one after another
+            nth = nth + 1 if text == previous else 0
+            previous = text
+            if nth < windows:
+                keep.append(k)
+        out = {name: [values[k] for k in keep] for name, values in enc.items()}
+        out["labels"] = [batch["__target__"][source[k]] for k in keep]
+        return out
 
-    return dataset.map(
+    encoded = dataset.map(
         encode,
         batched=True,
         remove_columns=dataset.column_names,
         num_proc=data_args.preprocessing_num_workers,
         desc=f"Tokenising the {split} split",
     )
+    if windows > 1:
+        logger.info("--train_windows %d: %d training rows from %d texts", windows, len(encoded), len(dataset))
+    return encoded
 
 
 def sample_texts(raw: DatasetDict, data_args: DataArguments, count: int = 256) -> list[str]:
