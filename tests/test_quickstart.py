@@ -84,6 +84,20 @@ def test_bad_flag_is_reported(capsys):
     assert "--student_init must be pca, slice or random" in capsys.readouterr().err
 
 
+def test_student_train_windows_reach_the_students_data_only(tmp_path, monkeypatch):
+    import ckadistill.tasks.classification as classification
+    from ckadistill.quickstart import _data_args, distil_student
+
+    seen = []
+    monkeypatch.setattr(classification, "run_distill", lambda model, data, *rest: seen.append(data) or {})
+    splits = {name: tmp_path / f"{name}.csv" for name in ("train", "validation", "test")}
+    args = QuickstartArguments(student_train_windows=3, output_dir=str(tmp_path / "out"))
+    distil_student(args, splits, tmp_path / "teacher", tmp_path / "student")
+    assert [data.train_windows for data in seen] == [3]
+    assert _data_args(splits, args).train_windows == 1  # the teacher is fine-tuned on first windows
+    assert main(["--student_train_windows", "0"]) == 2
+
+
 def test_phase_times_are_returned(smoke):
     _, result = smoke
     assert {"data", "teacher", "student", "evaluate", "report", "total"} <= set(result["seconds"])

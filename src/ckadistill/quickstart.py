@@ -117,6 +117,13 @@ class QuickstartArguments:
             "--cka_max_tokens); unset = every token."
         },
     )
+    student_train_windows: int = field(
+        default=1,
+        metadata={
+            "help": "Distil the student on up to N windows of --max_length tokens from each training article "
+            "(the first, then the text after it); see `ckadistill distill --train_windows`."
+        },
+    )
     student_epochs: float = field(default=3.0, metadata={"help": "Distillation epochs of the student."})
     student_learning_rate: float = field(
         default=5e-4, metadata={"help": "Peak learning rate of the student."}
@@ -146,6 +153,8 @@ class QuickstartArguments:
             raise ValueError(f"--hidden_loss must be cka, mse_proj or none, got {self.hidden_loss!r}")
         if self.trim_keep_top is not None and not self.trim_vocab:
             raise ValueError("--trim_keep_top caps a trimmed vocabulary: add --trim_vocab true, or drop it")
+        if self.student_train_windows < 1:
+            raise ValueError(f"--student_train_windows must be >= 1, got {self.student_train_windows}")
         if self.trim_keep_top is not None and self.trim_keep_top < 1:
             raise ValueError(f"--trim_keep_top must be >= 1 token, got {self.trim_keep_top}")
 
@@ -296,7 +305,7 @@ def distil_student(
         resume_from_checkpoint="last" if resume else None,
     )
     # The model card gets validation scores; the evaluate phase scores the test split, once.
-    data = replace(_data_args(splits, args), test_file=None)
+    data = replace(_data_args(splits, args), test_file=None, train_windows=args.student_train_windows)
     metrics = run_distill(model_args, data, distill_args, training, callbacks)
     remove_checkpoints(output)  # the finished student folder holds the model, not the optimizer
     return metrics
@@ -337,6 +346,9 @@ def write_report(
     if args.trim_vocab:
         cap = f" (at most {args.trim_keep_top} tokens)" if args.trim_keep_top else ""
         trimmed = f", with its vocabulary trimmed to the training articles{cap}"
+    windows = ""
+    if args.student_train_windows > 1:
+        windows = f", on up to {args.student_train_windows} windows of {args.max_length} tokens per article"
     lines = [
         "# ckadistill quickstart: MiniLM → small student on BBC News",
         "",
@@ -344,7 +356,7 @@ def write_report(
         "Teacher: all-MiniLM-L6-v2 fine-tuned on the BBC News training split "
         f"(cached in `{teacher}`). Student: {args.student_layers} layers, width {args.student_hidden_size}, "
         f"`{args.student_init}` initialisation, distilled with CE + KL + Σ(1 − CKA) "
-        f"(hidden loss `{args.hidden_loss}`){trimmed}.",
+        f"(hidden loss `{args.hidden_loss}`){trimmed}{windows}.",
         "",
         "## Test split",
         "",
