@@ -19,6 +19,7 @@ student's):
     2x64             2 layers × 64, whole vocabulary (~11×)
     2x64-k6000       6,000 tokens (~40×)
     2x64-k4000       4,000 tokens (~58×)
+    2x64-k3000       3,000 tokens (~69×)
     2x64-k2500       2,500 tokens (~70×)
 
 Each finished run is appended to benchmarks/results/trim_bbc.jsonl (kept in the repository) and skipped
@@ -63,6 +64,7 @@ STUDENTS = {  # name: (layers, width, tokens kept or None for the whole vocabula
     "2x64": (2, 64, None),
     "2x64-k6000": (2, 64, 6000),
     "2x64-k4000": (2, 64, 4000),
+    "2x64-k3000": (2, 64, 3000),
     "2x64-k2500": (2, 64, 2500),
 }
 
