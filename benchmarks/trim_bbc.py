@@ -211,6 +211,15 @@ def extras(r: dict) -> tuple:
     return tuple(r.get(name, default) for name, default in EXTRAS.items())
 
 
+def changed_extras(extra: tuple) -> list[tuple[str, object]]:
+    """The (name, value) pairs of `extras(r)` that differ from the defaults."""
+    return [
+        (name, value)
+        for (name, default), value in zip(EXTRAS.items(), extra, strict=True)
+        if value != default
+    ]
+
+
 def run_key(r: dict) -> tuple:
     """What makes a stored run the same run: student, recipe and seed (older rows have no augment and
     kept every single-character piece)."""
@@ -260,11 +269,7 @@ def summarise(results: list[dict]) -> str:
         r = runs[0]
         share = [x["accuracy"] / x["teacher_accuracy"] for x in runs]
         coverage = f"{r['coverage']:.1%}" if r.get("coverage") is not None else "100%"
-        changed = "".join(
-            f", {key} {value}"
-            for (key, default), value in zip(EXTRAS.items(), extra, strict=True)
-            if value != default
-        )
+        changed = "".join(f", {key} {value}" for key, value in changed_extras(extra))
         lines.append(
             f"| {name}{f' (CKA on {cap} tokens)' if cap else ''}{f', augmented copies ×{augment}' if augment else ''}"
             f"{changed} "
@@ -366,11 +371,7 @@ def main() -> None:
             start = time.perf_counter()
             cap = f"-cka{args.cka_max_tokens}" if args.cka_max_tokens else ""
             cap += f"-aug{args.augment}" if args.augment else ""
-            cap += "".join(
-                f"-{name}-{value}"
-                for (name, default), value in zip(EXTRAS.items(), extras(row), strict=True)
-                if value != default
-            )
+            cap += "".join(f"-{name}-{value}" for name, value in changed_extras(extras(row)))
             run_dir = out / "runs" / f"{student}-lr{args.learning_rate:g}-e{args.epochs:g}{cap}-s{seed}"
             row.update(distil(teacher, files, run_dir, student, seed, args))
             row["minutes"] = (time.perf_counter() - start) / 60
